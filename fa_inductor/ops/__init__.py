@@ -38,6 +38,22 @@ Gradients dq/dk/dv have their input's shape in the same [B,S,H,D] memory order; 
 has bias's own (broadcastable) shape when bias_requires_grad, else it is an empty tensor.
 dropout_seed is an int64 tensor of one element drawn in the graph, so forward and backward
 see one mask and every call a new one.
+
+Implementation notes (this package):
+
+* ``library.py`` registers the ops, their fakes (which allocate exactly what the real ops return,
+  whatever the input strides) and the autograd formula: the backward op gets
+  ``bias_requires_grad`` only for a float bias that needs a gradient; a bool bias and the seed
+  get none; lse is not differentiable.  The ops carry ``torch.Tag.needs_exact_strides``.
+* ``validation.py`` checks arguments for the real ops and the fakes alike (ValueError/TypeError).
+* ``dispatch.py`` picks compiled kernel → SDPA internals (CUDA) → ``reference.py`` per call and
+  says why (``select_forward``/``select_backward``; ``choice_for_node`` at trace time;
+  ``record_choices()`` lists what actually ran).
+* ``sdpa.py`` runs the calls PyTorch's flash / memory-efficient SDPA ops cover exactly (windows
+  and bottom-right causal reach the efficient kernel as an explicit mask).
+* ``reference.py`` is the blockwise online-softmax implementation of everything above.
+* ``dropout.py`` defines ``keep(seed, b, h, i, j)``: a counter-based 32-bit hash (see its
+  docstring) that any kernel supporting dropout must reproduce bit for bit.
 """
 
 from . import library as _library  # noqa: E402,F401  (registers the ops on import)
