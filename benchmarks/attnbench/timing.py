@@ -1,0 +1,103 @@
+"""Timers. Device work is asynchronous, so the GPU timer reads CUDA events; it flushes L2
+before every repetition (triton's do_bench does) so no implementation is timed on a warm cache.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+QUANTILES = (0.2, 0.5, 0.8)
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+
+
+def warm_up(fn: Callable[[], object], calls: int, sync: Callable[[], None]) -> float:
+    """Run fn a few times outside the measurement: compilation, autotuning, cuDNN plan and
+    handle creation land here. Returns the seconds it took."""
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return time.perf_counter() - start
+
+
+def gpu_timer(warmup_ms: float, rep_ms: float) -> tuple[Callable[[Callable], Timing], str]:
+    """A timer taking a callable, and the sentence that says how it times."""
+    try:
+        from triton.testing import do_bench
+    except ImportError:
+        do_bench = None
+    if do_bench is not None:
+        def time_fn(fn: Callable) -> Timing:
+            p20, p50, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES))
+            return Timing(p50, p20, p80)
+
+        return time_fn, (f"triton.testing.do_bench (CUDA events per repetition, L2 flushed "
+                         f"before each; warm-up {warmup_ms:g} ms, repetitions for {rep_ms:g} ms), "
+                         "median with 20th-80th percentiles")
+
+    def time_fn(fn: Callable) -> Timing:
+        return _cuda_events(fn, warmup_ms, rep_ms)
+
+    return time_fn, (f"CUDA events per repetition (triton missing), L2 flushed before each; "
+                     f"warm-up {warmup_ms:g} ms, repetitions for {rep_ms:g} ms; median")
+
+
+def _cuda_events(fn: Callable, warmup_ms: float, rep_ms: float) -> Timing:
+    import torch
+
+    flush = torch.empty(256 * 1024 * 1024 // 4, dtype=torch.int32, device="cuda")
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    fn()
+    torch.cuda.synchronize()
+    start.record()
+    for _ in range(5):
+        flush.zero_()
+        fn()
+    end.record()
+    torch.cuda.synchronize()
+    estimate = max(start.elapsed_time(end) / 5, 1e-3)
+    for _ in range(max(1, int(warmup_ms / estimate))):
+        fn()
+    reps = max(10, int(rep_ms / estimate))
+    starts = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    ends = [torch.cuda.Event(enable_timing=True) for _ in range(reps)]
+    for s, e in zip(starts, ends):
+        flush.zero_()
+        s.record()
+        fn()
+        e.record()
+    torch.cuda.synchronize()
+    return summarize([s.elapsed_time(e) for s, e in zip(starts, ends)])
+
+
+def cpu_timer(reps: int) -> tuple[Callable[[Callable], Timing], str]:
+    """Host clock, for exercising the harness on a machine without a GPU (not for numbers)."""
+    def time_fn(fn: Callable) -> Timing:
+        times = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            fn()
+            times.append((time.perf_counter() - t0) * 1e3)
+        return summarize(times)
+
+    return time_fn, (f"host clock on CPU, {reps} repetitions, median "
+                     "(harness check, not a benchmark)")
+
+
+def summarize(times_ms: list[float]) -> Timing:
+    """Median and 20th/80th percentiles (inclusive method: exact on small samples)."""
+    if not times_ms:
+        raise ValueError("no timings")
+    if len(times_ms) == 1:
+        return Timing(times_ms[0], times_ms[0], times_ms[0])
+    cuts = statistics.quantiles(times_ms, n=10, method="inclusive")
+    return Timing(statistics.median(times_ms), cuts[1], cuts[7])
