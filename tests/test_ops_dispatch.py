@@ -283,3 +283,21 @@ def test_bool_bias_for_the_efficient_kernel_is_additive():
     got = sdpa.efficient_bias(keep, torch.empty(2, 4, 33, 64, dtype=torch.bfloat16), 77)
     assert torch.equal(torch.isneginf(got[0, 0]), ~keep)
     assert torch.equal(got[0, 0][keep], torch.zeros(int(keep.sum()), dtype=torch.bfloat16))
+
+
+def test_backward_leaves_a_kernel_for_the_reference_when_fp32_lse_lost_a_row(monkeypatch):
+    # A kernel that takes biases would rebuild P = exp(x - lse) from an lse that rounding made
+    # equal to finfo.min for a fully masked row; the dispatcher checks and uses the reference.
+    b = StandInBackend()
+    b.forward_unsupported = b.backward_unsupported = lambda *args: None
+    monkeypatch.setattr(dispatch, "_kernel_backend", lambda device: b)
+    q, k, v = rand_qkv(b=1, hq=1, hkv=1, sq=4, sk=4, d=8)
+    bias = torch.zeros(4, 4)
+    bias[0] = torch.finfo(torch.float32).min
+    out, lse = torch.empty(1, 1, 4, 8), torch.empty(1, 1, 4)
+    reference.forward_into(q, k, v, bias, 0.3, False, False, -1, -1, 0.0, 0.0, None, out, lse)
+    grads = [torch.empty_like(t) for t in (q, k, v)]
+    choice = dispatch.run_backward(torch.randn_like(out), q, k, v, out, lse, bias, 0.3, False,
+                                   False, -1, -1, 0.0, 0.0, None, *grads, None)
+    assert choice.name == "reference" and "huge finite bias" in choice.reason
+    assert b.backward_calls == []

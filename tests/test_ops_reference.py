@@ -166,6 +166,31 @@ def test_float_bias_of_minus_inf_masks_like_bool():
     assert torch.isneginf(lse_f[0, 0, 4])
 
 
+def test_rows_fully_masked_by_a_huge_finite_bias_match_eager_forward_and_backward():
+    # HF fills masks with finfo.min; a left-padded row has every key masked, and eager then
+    # averages all keys uniformly.  lse = finfo.min + log(Sk) rounds to finfo.min in fp32, so
+    # the backward must not rebuild probabilities from it.
+    q, k, v = rand_qkv(b=1, hq=2, hkv=1, sq=6, sk=6, d=8, requires_grad=True)
+    bias = torch.zeros(1, 1, 6, 6)
+    bias[..., 0, :] = torch.finfo(torch.float32).min
+    bias[..., 1, 3:] = torch.finfo(torch.float32).min
+    go = torch.randn(1, 2, 6, 8)
+
+    def eager(q, k, v):
+        kk, vv = (t.repeat_interleave(2, dim=1) for t in (k, v))
+        return torch.softmax(q @ kk.transpose(-1, -2) * 0.3 + bias, -1) @ vv
+
+    def ours(q, k, v):
+        return torch.ops.fa.attention_forward(q, k, v, bias, 0.3, False, False, -1, -1, 0.0, 0.0,
+                                              None)[0]
+
+    want = torch.autograd.grad(eager(q, k, v), (q, k, v), go)
+    got = torch.autograd.grad(ours(q, k, v), (q, k, v), go)
+    torch.testing.assert_close(ours(q, k, v), eager(q, k, v))
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize("blocks", [dict(block_q=1, block_k=1), dict(block_q=7, block_k=64),
                                     dict(block_q=64, block_k=3)], ids=str)
 def test_result_does_not_depend_on_tiling(blocks):

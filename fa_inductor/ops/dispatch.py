@@ -240,8 +240,12 @@ def run_backward(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right,
                  window_right, softcap, dropout_p, dropout_seed, dq, dk, dv, dbias) -> Choice:
     """Compute the gradients into dq/dk/dv (and dbias unless None) with the implementation
     ``select_backward`` picks."""
-    choice = _note("backward", select_backward(q, k, v, bias, causal, bottom_right,
-                                               window_left, window_right, softcap, dropout_p))
+    choice = select_backward(q, k, v, bias, causal, bottom_right, window_left, window_right,
+                             softcap, dropout_p)
+    if choice.name != REFERENCE and reference.lse_lost_precision(lse, bias):
+        choice = Choice(REFERENCE, f"{choice.name} passed over: a row's keys all carry a huge "
+                        "finite bias, whose fp32 lse cannot rebuild its probabilities")
+    _note("backward", choice)
     if choice.name == REFERENCE:
         reference.backward_into(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right,
                                 window_left, window_right, softcap, dropout_p, dropout_seed,

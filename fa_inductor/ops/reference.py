@@ -223,11 +223,16 @@ def backward_into(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right
     dv_acc = torch.zeros((b, hkv, sk, d_v), dtype=acc_t, device=dev)
     dbias_acc = (torch.zeros(pb.bias.shape, dtype=acc_t, device=dev)
                  if dbias is not None else None)
-    if acc_t == torch.float64:
-        # The contract's lse is fp32; fp64 inputs get fp64 gradients only from an fp64 lse.
-        lse = _lse(pb)
-    # Rows without any key have lse = -inf; +inf there makes exp(x - lse) = 0 for them.
-    lse_safe = torch.where(torch.isneginf(lse), math.inf, lse).to(acc_t).unsqueeze(-1)
+    if acc_t == torch.float64 or lse_lost_precision(lse, bias):
+        # The contract's lse is fp32.  fp64 inputs get fp64 gradients only from fp64 row
+        # statistics; and a row whose keys all carry a huge finite bias (HF's finfo.min masks)
+        # has lse = m + log(l) with log(l) rounded away, so exp(x - lse) would give 1 where
+        # eager gives 1/l.  Recomputing m and log(l) separately keeps both exact.
+        shift, log_l = _row_stats(pb)
+    else:
+        # Rows without any key have lse = -inf; +inf there makes exp(x - lse) = 0 for them.
+        shift = torch.where(torch.isneginf(lse), math.inf, lse).to(acc_t).unsqueeze(-1)
+        log_l = None
     for i0, i1, keys in pb.tiles():
         n = i1 - i0
         q_r = pb.rows(q, i0, i1)
@@ -238,7 +243,8 @@ def backward_into(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right
         dq_acc = torch.zeros((b, hkv, g * n, d), dtype=acc_t, device=dev)
         for j0, j1, full in keys:
             x, capped = pb.scores(qs, i0, i1, j0, j1, full)
-            p = torch.exp(x - lse_safe[:, :, i0:i1])
+            p = x - shift[:, :, i0:i1]
+            p = torch.exp(p if log_l is None else p - log_l[:, :, i0:i1])
             drop = pb.dropout_scale(i0, i1, j0, j1, dev)
             kb = k[:, :, j0:j1].to(acc_t)
             vb = v[:, :, j0:j1].to(acc_t)
@@ -263,10 +269,29 @@ def backward_into(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right
         dbias.copy_(dbias_acc.view(dbias.shape))
 
 
-def _lse(pb: _Problem) -> torch.Tensor:
-    """The row log-sum-exp of the scores in the accumulation dtype, [B, Hq, Sq]."""
+# fp32 carries ~7 significant digits: past this magnitude an lse's log(l) part is below its
+# rounding step (~1e-3 here), so probabilities rebuilt from it are off.
+LSE_PRECISE_LIMIT = 8192.0
+
+
+def lse_lost_precision(lse: torch.Tensor, bias: torch.Tensor | None) -> bool:
+    """Whether some row's fp32 lse is too large in magnitude to rebuild its probabilities.
+
+    Only a huge finite float bias can do that (scores themselves are far smaller), so calls
+    without one pay nothing; with one this reads lse (a device sync on CUDA)."""
+    if bias is None or not bias.is_floating_point():
+        return False
+    finite = torch.isfinite(lse)
+    return bool((lse.abs() > LSE_PRECISE_LIMIT).logical_and_(finite).any())
+
+
+def _row_stats(pb: _Problem) -> tuple[torch.Tensor, torch.Tensor]:
+    """Each row's score max m and log of its sum l = sum_j exp(x_j - m), apart, in the
+    accumulation dtype ([B, Hq, Sq, 1] each).  A row without keys gets m = +inf, log l = 0,
+    so exp(x - m - log l) = 0 there."""
     b, hq, sq, _ = pb.q.shape
-    lse = torch.empty((b, hq, sq), dtype=pb.acc_dtype, device=pb.q.device)
+    m_rows = torch.empty((b, hq, sq, 1), dtype=pb.acc_dtype, device=pb.q.device)
+    log_l_rows = torch.empty_like(m_rows)
     for i0, i1, keys in pb.tiles():
         qs = pb.rows(pb.q, i0, i1) * pb.scale
         m = torch.full((b, hq, i1 - i0, 1), -math.inf, dtype=pb.acc_dtype, device=pb.q.device)
@@ -278,9 +303,9 @@ def _lse(pb: _Problem) -> torch.Tensor:
             l = l * torch.exp(m - shift) + x.sub_(shift).exp_().sum(dim=-1, keepdim=True)
             m = m_new
         empty = l == 0
-        row = torch.where(empty, -math.inf, m + torch.log(torch.where(empty, 1.0, l)))
-        lse[:, :, i0:i1] = row.squeeze(-1)
-    return lse
+        m_rows[:, :, i0:i1] = torch.where(empty, math.inf, m)
+        log_l_rows[:, :, i0:i1] = torch.log(torch.where(empty, 1.0, l))
+    return m_rows, log_l_rows
 
 
 def _accumulate_bias_grad(dbias_acc: torch.Tensor, ds: torch.Tensor, i0, i1, j0, j1) -> None:
