@@ -59,13 +59,19 @@ def compile_graph(
     gm: torch.fx.GraphModule, example_inputs: Sequence[Any], flash: FlashOptions,
     inductor_patches: Mapping[str, Any],
 ) -> Callable:
+    report = None
     if flash.rewrite:
         from .patterns import rewrite_attention
 
         report = rewrite_attention(gm, example_inputs)
+    compiled = _inner_compile(gm, example_inputs, flash.compiler, inductor_patches)
+    # Publish only once the inner compiler accepted the graph: Dynamo may abandon a compile
+    # (e.g. to restart analysis with other specialisations) and call us again, and a report
+    # of the abandoned graph would count its sites twice.
+    if report is not None:
         for listener in list(_report_listeners):
             listener(report)
-    return _inner_compile(gm, example_inputs, flash.compiler, inductor_patches)
+    return compiled
 
 
 def flash(
