@@ -1,0 +1,89 @@
+#!/usr/bin/env bash
+# One GPU session: install carried wheels, build the kernels, run the GPU tests, benchmark.
+#
+#   bash benchmarks/gpu_session.sh                     # everything
+#   FA_GPU_STEPS="build test" bash benchmarks/gpu_session.sh
+#   FA_GPU_TESTS="tests/gpu/test_kernels_fwd.py -x" FA_GPU_ARCH=90a,80 bash benchmarks/gpu_session.sh
+#
+# Steps (FA_GPU_STEPS, default "build test fwdbench bench"):
+#   build     python -m fa_inductor.build --arch $FA_GPU_ARCH (default: the device's own arch)
+#   test      pytest $FA_GPU_TESTS (default tests/gpu) -q
+#   fwdbench  benchmarks/fwd_sm80_quick.py (our forward vs SDPA flash, head dim 128)
+#   bench     benchmarks/attention.py --out $OUT $FA_BENCH_ARGS, if it exists (the full harness;
+#             e.g. FA_BENCH_ARGS="--budget-s 420 --dims 128")
+# Logs and results go under $OUT (default ./gpu_out); a short table is printed last.
+set -o pipefail
+export PYTHONUNBUFFERED=1
+OUT=${OUT:-$PWD/gpu_out}
+mkdir -p "$OUT"
+STEPS=${FA_GPU_STEPS:-"build test fwdbench bench"}
+export FA_INDUCTOR_CACHE=${FA_INDUCTOR_CACHE:-/tmp/fa_inductor_cache}
+SUMMARY="$OUT/summary.txt"
+: > "$SUMMARY"
+note() { echo "$*" | tee -a "$SUMMARY"; }
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "wheel install failed"; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+# Our package is not installed there: the path above lets `import fa_inductor` find the checkout;
+# an editable install (offline, no deps) also maps patterns/ and csrc/ as packaged.
+python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/pip_editable.log" 2>&1 \
+  || echo "(editable install failed, using PYTHONPATH; see pip_editable.log)"
+
+if [ -z "${FA_GPU_ARCH:-}" ]; then
+  FA_GPU_ARCH=$(python3 -c "import torch; M,m=torch.cuda.get_device_capability(); print('90a' if (M,m)==(9,0) else '80')")
+fi
+DEVICE=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
+note "device: $DEVICE  arch: $FA_GPU_ARCH  steps: $STEPS"
+
+status=0
+for step in $STEPS; do
+  case $step in
+    build)
+      t0=$(date +%s)
+      python3 -m fa_inductor.build --arch "$FA_GPU_ARCH" -j "$(nproc)" 2>&1 | tee "$OUT/build.log"
+      rc=$?
+      lib=$(tail -1 "$OUT/build.log")
+      [ -f "$(dirname "$lib")/build.log" ] && cp "$(dirname "$lib")/build.log" "$OUT/ptxas.log"
+      note "build: rc=$rc in $(( $(date +%s) - t0 )) s  ($lib)"
+      if [ -f "$OUT/ptxas.log" ]; then
+        note "  spills: $(grep -c 'bytes spill stores' "$OUT/ptxas.log") reports, nonzero: $(grep -E '[1-9][0-9]* bytes spill stores' "$OUT/ptxas.log" | wc -l)"
+      fi
+      [ $rc -ne 0 ] && { status=1; break; }
+      ;;
+    test)
+      t0=$(date +%s)
+      # shellcheck disable=SC2086
+      python3 -m pytest ${FA_GPU_TESTS:-tests/gpu} -q -rs --tb=short -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log"
+      rc=$?
+      note "test: rc=$rc in $(( $(date +%s) - t0 )) s: $(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
+      [ $rc -ne 0 ] && status=1
+      ;;
+    fwdbench)
+      python3 benchmarks/fwd_sm80_quick.py --out "$OUT/sm80_fwd.json" 2>&1 | tee "$OUT/fwdbench.log"
+      rc=$?
+      note "fwdbench: rc=$rc"
+      grep -E 'd=[0-9]+ S=' "$OUT/fwdbench.log" >> "$SUMMARY"
+      [ $rc -ne 0 ] && status=1
+      ;;
+    bench)
+      if [ -f benchmarks/attention.py ]; then
+        # shellcheck disable=SC2086
+        python3 benchmarks/attention.py --out "$OUT" ${FA_BENCH_ARGS:-} 2>&1 | tee "$OUT/attention_bench.log"
+        note "bench: rc=$?"
+      else
+        note "bench: benchmarks/attention.py not present, skipped"
+      fi
+      ;;
+    *) note "unknown step $step" ;;
+  esac
+done
+
+echo
+echo "=================== summary ==================="
+cat "$SUMMARY"
+exit $status

@@ -1,0 +1,27 @@
+// Plain C ABI of libfa_kernels.so.  Nothing here depends on torch: the Python side (ctypes)
+// validates tensors and passes raw pointers, element strides and the current stream.
+#pragma once
+
+#include <cuda_runtime_api.h>
+#include <stdint.h>
+
+#include "common/fa_params.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+// Bumped whenever a params struct changes layout, so a stale library is never called with
+// a mismatched mirror.
+#define FA_ABI_VERSION 1
+
+int fa_abi_version(void);
+// Message of the last failed call on this thread ("" if none).
+const char* fa_last_error(void);
+// Forward attention with the SM80 (FlashAttention-2 style) kernels.  Returns FA_OK or an error
+// code; the message is then in fa_last_error().
+int fa_fwd_sm80(const FaFwdParams* params, cudaStream_t stream);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,43 @@
+// Host side of the SM80 forward: picks the template instance and launches it.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include "common/error.h"
+#include "common/fa_params.h"
+#include "common/static_switch.h"
+#include "fwd_kernel.h"
+
+namespace fa::fwd {
+
+template <typename Traits, bool Is_local, bool Is_softcap>
+int launch(const FaFwdParams& params, cudaStream_t stream) {
+  auto kernel = &fa_fwd_sm80_kernel<Traits, Is_local, Is_softcap>;
+  constexpr int smem = Traits::kSmemBytes;
+  if (smem > 48 * 1024) {
+    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    if (err != cudaSuccess) {
+      set_last_error(std::string("fa_fwd_sm80: cannot get ") + std::to_string(smem) +
+                     " bytes of shared memory: " + cudaGetErrorString(err));
+      return FA_ERR_CUDA;
+    }
+  }
+  dim3 grid((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, params.heads_q, params.batch);
+  kernel<<<grid, Traits::kNThreads, smem, stream>>>(params);
+  return check_launch("fa_fwd_sm80 launch");
+}
+
+template <typename Traits>
+int run_fwd(const FaFwdParams& params, cudaStream_t stream) {
+#ifdef FA_FWD_DEV_DENSE_ONLY  // compile-time experiments: one instance per unit
+  return launch<Traits, false, false>(params, stream);
+#else
+  const bool local = params.window_left >= 0 || params.window_right >= 0;
+  const bool softcap = params.softcap > 0.f;
+  return FA_BOOL_SWITCH(local, Is_local, [&] {
+    return FA_BOOL_SWITCH(softcap, Is_softcap, [&] { return launch<Traits, Is_local, Is_softcap>(params, stream); });
+  });
+#endif
+}
+
+}  // namespace fa::fwd

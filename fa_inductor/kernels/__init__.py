@@ -1,0 +1,230 @@
+"""The compiled Flash kernels as the ops' dispatcher sees them.
+
+``get_backend(device)`` gives a KernelBackend for a CUDA device whose kernels can be had (None on
+CPU, on GPUs older than sm_80, or when the library cannot be loaded or built; ``unavailable_reason``
+says why).  A backend answers ``forward_unsupported(...)`` / ``backward_unsupported(...)`` with None
+when its kernels cover a call, else a reason the dispatcher can report, and runs ``forward`` /
+``backward`` into preallocated outputs.
+
+Importing this module builds nothing and touches no GPU; the library is loaded (and on a GPU
+machine built, once, with progress) on the first ``get_backend`` for a CUDA device.
+"""
+
+from __future__ import annotations
+
+import importlib
+import threading
+
+import torch
+
+from . import library as _library
+
+SUPPORTED_HEAD_DIMS = (64, 96, 128, 192, 256)
+_DTYPE_CODES = {torch.float16: _library.FA_FP16, torch.bfloat16: _library.FA_BF16}
+_ALIGN_BYTES = 16
+
+
+def padded_head_dim(d: int) -> int | None:
+    """The kernel head dim a head dim of ``d`` runs at (zero-padded up), or None if too large."""
+    for hd in SUPPORTED_HEAD_DIMS:
+        if d <= hd:
+            return hd
+    return None
+
+
+def _aligned(t: torch.Tensor) -> bool:
+    """Whether t's rows can be moved with 16-byte copies: last dim contiguous, 16-byte aligned
+    base and leading strides multiple of 16 bytes."""
+    strides, shape = t.stride(), t.shape
+    if strides[-1] != 1 and shape[-1] > 1:
+        return False
+    if t.data_ptr() % _ALIGN_BYTES:
+        return False
+    esize = t.element_size()
+    for s, n in zip(strides[:-1], shape[:-1]):
+        if n > 1 and (s * esize) % _ALIGN_BYTES:
+            return False
+    return True
+
+
+def _leading_strides(t: torch.Tensor) -> tuple[int, int, int]:
+    """Batch, head and row strides; 0 for a dim of size 1, whose stride is never used (and may
+    be anything, which the kernel's alignment check would refuse)."""
+    return tuple(s if n > 1 else 0 for s, n in zip(t.stride()[:3], t.shape[:3]))
+
+
+def _prepare(x: torch.Tensor, head_dim: int) -> torch.Tensor:
+    """x with its last dim zero-padded to head_dim and its rows 16-byte aligned."""
+    d = x.size(-1)
+    if d != head_dim:
+        x = torch.nn.functional.pad(x, (0, head_dim - d))
+    if not _aligned(x):
+        x = x.contiguous()
+    return x
+
+
+def _backward_module():
+    """fa_inductor.kernels.backward (written by the backward's engineer), or None if missing."""
+    try:
+        return importlib.import_module(f"{__name__}.backward")
+    except ImportError:
+        return None
+
+
+class KernelBackend:
+    """The SM80 (FlashAttention-2 design) kernels on one CUDA device."""
+
+    name = "sm80"
+
+    def __init__(self, lib: _library.Library, device: torch.device):
+        self.lib = lib
+        self.device = device
+
+    def __repr__(self) -> str:
+        return f"KernelBackend({self.name!r}, {self.device}, {self.lib.path})"
+
+    # ---- forward ---------------------------------------------------------------------------
+
+    def forward_unsupported(self, q, k, v, bias, causal, bottom_right, window_left, window_right,
+                            softcap, dropout_p) -> str | None:
+        if bias is not None:
+            return "attention bias is not supported by the compiled kernels"
+        if dropout_p and dropout_p > 0:
+            return "dropout is not supported by the compiled kernels"
+        for name, t in (("q", q), ("k", k), ("v", v)):
+            if t.dim() != 4:
+                return f"{name} is not 4-d"
+            if t.device != self.device:
+                return f"{name} is on {t.device}, not {self.device}"
+            if t.dtype not in _DTYPE_CODES:
+                return f"dtype {t.dtype} is not supported (fp16 or bf16 only)"
+        if not (q.dtype == k.dtype == v.dtype):
+            return "q, k, v have different dtypes"
+        if q.size(0) != k.size(0) or k.shape[:3] != v.shape[:3] or q.size(-1) != k.size(-1):
+            return "q, k, v shapes do not match"
+        if k.size(1) == 0 or q.size(1) % k.size(1):
+            return "number of query heads is not a multiple of key/value heads"
+        if padded_head_dim(max(q.size(-1), v.size(-1))) is None:
+            return f"head dim {max(q.size(-1), v.size(-1))} > {SUPPORTED_HEAD_DIMS[-1]}"
+        if max(q.size(0), q.size(1)) > 65535:
+            return "batch or head count exceeds the kernel grid's limit (65535)"
+        if max(q.size(2), k.size(2)) >= 2**31:
+            return "sequence too long"
+        return None
+
+    def forward(self, q, k, v, scale, causal, bottom_right, window_left, window_right, softcap,
+                out, lse) -> None:
+        """Writes out [B,Hq,Sq,Dv] (any strides, last dim contiguous) and lse [B,Hq,Sq] fp32."""
+        B, Hq, Sq, D = q.shape
+        Hkv, Sk, Dv = k.size(1), k.size(2), v.size(-1)
+        if B == 0 or Hq == 0 or Sq == 0:
+            return
+        if Sk == 0:
+            out.zero_()
+            lse.fill_(float("-inf"))
+            return
+        hd = padded_head_dim(max(D, Dv))
+        q, k, v = (_prepare(t, hd) for t in (q, k, v))
+        o = out
+        if Dv != hd or not _aligned(out):
+            o = torch.empty((B, Sq, Hq, hd), dtype=q.dtype, device=q.device).transpose(1, 2)
+        lse_buf = lse if lse.is_contiguous() else torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
+
+        wl = int(window_left) if window_left is not None and window_left >= 0 else -1
+        wr = int(window_right) if window_right is not None and window_right >= 0 else -1
+        if causal:
+            wr = 0 if wr < 0 else min(wr, 0)
+        qs, ks, vs, os_ = (_leading_strides(t) for t in (q, k, v, o))
+        p = _library.FwdParams(
+            q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=o.data_ptr(), lse=lse_buf.data_ptr(),
+            q_batch_stride=qs[0], q_head_stride=qs[1], q_row_stride=qs[2],
+            k_batch_stride=ks[0], k_head_stride=ks[1], k_row_stride=ks[2],
+            v_batch_stride=vs[0], v_head_stride=vs[1], v_row_stride=vs[2],
+            o_batch_stride=os_[0], o_head_stride=os_[1], o_row_stride=os_[2],
+            batch=B, heads_q=Hq, heads_kv=Hkv, seqlen_q=Sq, seqlen_k=Sk, head_dim=hd,
+            dtype=_DTYPE_CODES[q.dtype], scale=float(scale),
+            softcap=float(softcap) if softcap and softcap > 0 else 0.0,
+            window_left=wl, window_right=wr, bottom_right=int(bool(bottom_right)),
+        )
+        with torch.cuda.device(q.device):
+            self.lib.fwd_sm80(p, torch.cuda.current_stream(q.device).cuda_stream)
+        if o is not out:
+            out.copy_(o[..., :Dv])
+        if lse_buf is not lse:
+            lse.copy_(lse_buf)
+
+    # ---- backward (fa_inductor/kernels/backward.py) ------------------------------------------
+
+    def backward_unsupported(self, q, k, v, bias, causal, bottom_right, window_left, window_right,
+                             softcap, dropout_p) -> str | None:
+        reason = self.forward_unsupported(q, k, v, bias, causal, bottom_right, window_left,
+                                          window_right, softcap, dropout_p)
+        if reason is not None:
+            return reason
+        bwd = _backward_module()
+        if bwd is None or not self.lib.has("fa_bwd_sm80"):
+            return "backward kernel not available"
+        check = getattr(bwd, "backward_unsupported", None)
+        if check is not None:
+            return check(q, k, v, bias, causal, bottom_right, window_left, window_right, softcap, dropout_p)
+        return None
+
+    def backward(self, grad_out, q, k, v, out, lse, scale, causal, bottom_right, window_left,
+                 window_right, softcap, dq, dk, dv, deterministic: bool = False) -> None:
+        bwd = _backward_module()
+        if bwd is None:
+            raise _library.KernelError("backward kernel not available")
+        bwd.run_backward(self.lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right,
+                         window_left, window_right, softcap, dq, dk, dv, deterministic)
+
+
+_backends: dict[int, KernelBackend | None] = {}
+_reasons: dict[int, str] = {}
+_lock = threading.Lock()
+
+
+def _device_index(device) -> int | None:
+    device = torch.device(device)
+    if device.type != "cuda":
+        return None
+    return device.index if device.index is not None else torch.cuda.current_device()
+
+
+def get_backend(device) -> KernelBackend | None:
+    """The compiled kernels for ``device``, or None (see ``unavailable_reason``)."""
+    if torch.device(device).type != "cuda" or not torch.cuda.is_available():
+        return None
+    index = _device_index(device)
+    with _lock:
+        if index in _backends:
+            return _backends[index]
+    major, minor = torch.cuda.get_device_capability(index)
+    arch = _library.arch_for_capability(major, minor)
+    backend = None
+    if arch is None:
+        reason = f"no compiled kernels for compute capability {major}.{minor}"
+    else:
+        try:
+            backend = KernelBackend(_library.load(arch), torch.device("cuda", index))
+            reason = ""
+        except _library.KernelError as e:
+            reason = f"kernel library unavailable: {e}"
+    with _lock:
+        _backends[index] = backend
+        _reasons[index] = reason
+    return backend
+
+
+def unavailable_reason(device) -> str | None:
+    """Why get_backend(device) is None (None if it is not)."""
+    if torch.device(device).type != "cuda":
+        return "not a CUDA device"
+    if not torch.cuda.is_available():
+        return "CUDA is not available"
+    index = _device_index(device)
+    if index not in _backends:
+        get_backend(device)
+    return _reasons.get(index) or None
+
+
+__all__ = ["KernelBackend", "SUPPORTED_HEAD_DIMS", "get_backend", "padded_head_dim", "unavailable_reason"]

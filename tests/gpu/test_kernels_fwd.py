@@ -1,0 +1,228 @@
+"""The SM80 forward kernel against a float64 reference (skipped without CUDA).
+
+Every case draws fresh random inputs, poisons out and lse with NaN before the call and requires
+every element written.  The error bound is relative to what PyTorch's own flash backend (SDPA)
+makes on the same q, k, v against float64: ours may be at most a small factor worse.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+pytestmark = pytest.mark.gpu
+
+if not torch.cuda.is_available():
+    pytest.skip("needs a CUDA GPU", allow_module_level=True)
+
+from fa_inductor import kernels  # noqa: E402
+
+ERROR_FACTOR = 2.0  # ours vs SDPA flash, both against float64
+
+
+@pytest.fixture(scope="module")
+def backend():
+    b = kernels.get_backend(torch.device("cuda"))
+    if b is None:
+        pytest.skip(f"no compiled kernels: {kernels.unavailable_reason('cuda')}")
+    return b
+
+
+def reference(q, k, v, scale, causal, bottom_right, wl, wr, softcap):
+    """out, lse in float64 straight from the op's definition."""
+    q, k, v = (t.double() for t in (q, k, v))
+    Hq, Hkv = q.size(1), k.size(1)
+    k = k.repeat_interleave(Hq // Hkv, dim=1)
+    v = v.repeat_interleave(Hq // Hkv, dim=1)
+    x = torch.einsum("bhid,bhjd->bhij", q, k) * scale
+    if softcap > 0:
+        x = softcap * torch.tanh(x / softcap)
+    Sq, Sk = q.size(2), k.size(2)
+    i = torch.arange(Sq, device=q.device)[:, None]
+    j = torch.arange(Sk, device=q.device)[None, :]
+    off = Sk - Sq if bottom_right else 0
+    allowed = torch.ones(Sq, Sk, dtype=torch.bool, device=q.device)
+    if causal:
+        allowed &= j <= i + off
+    if wl >= 0:
+        allowed &= j >= i + off - wl
+    if wr >= 0:
+        allowed &= j <= i + off + wr
+    x = x.masked_fill(~allowed, float("-inf"))
+    lse = torch.logsumexp(x, dim=-1)
+    p = torch.exp(x - torch.where(torch.isinf(lse), 0.0, lse)[..., None])
+    out = torch.einsum("bhij,bhjd->bhid", p, v)
+    return out, lse
+
+
+def sdpa_flash_error(q, k, v, scale) -> float:
+    """Relative error of SDPA's flash backend on these inputs (dense, no mask) vs float64."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    Hq, Hkv = q.size(1), k.size(1)
+    kk = k.repeat_interleave(Hq // Hkv, dim=1)
+    vv = v.repeat_interleave(Hq // Hkv, dim=1)
+    d, dv = q.size(-1), v.size(-1)
+    if d != dv or d % 8:
+        return 0.0
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
+        got = F.scaled_dot_product_attention(q, kk, vv, scale=scale)
+    ref, _ = reference(q, kk, vv, scale, False, False, -1, -1, 0.0)
+    return ((got.double() - ref).norm() / ref.norm()).item()
+
+
+def make_qkv(B, Hq, Hkv, Sq, Sk, D, Dv, dtype, layout="bshd"):
+    """Fresh random q, k, v [B, H, S, D]; 'bshd' makes them transposed views as models do."""
+    def one(H, S, d):
+        if layout == "bshd":
+            return torch.randn(B, S, H, d, device="cuda", dtype=dtype).transpose(1, 2)
+        return torch.randn(B, H, S, d, device="cuda", dtype=dtype)
+
+    return one(Hq, Sq, D), one(Hkv, Sk, D), one(Hkv, Sk, Dv)
+
+
+def run_ours(backend, q, k, v, scale, causal, bottom_right, wl, wr, softcap):
+    B, Hq, Sq, _ = q.shape
+    Dv = v.size(-1)
+    out = torch.full((B, Sq, Hq, Dv), float("nan"), device="cuda", dtype=q.dtype).transpose(1, 2)
+    lse = torch.full((B, Hq, Sq), float("nan"), device="cuda", dtype=torch.float32)
+    backend.forward(q, k, v, scale, causal, bottom_right, wl, wr, softcap, out, lse)
+    torch.cuda.synchronize()
+    return out, lse
+
+
+def check_case(backend, B, Hq, Hkv, Sq, Sk, D, Dv=None, dtype=torch.bfloat16, causal=False,
+               bottom_right=False, wl=-1, wr=-1, softcap=0.0, layout="bshd"):
+    Dv = Dv or D
+    q, k, v = make_qkv(B, Hq, Hkv, Sq, Sk, D, Dv, dtype, layout)
+    scale = 1.0 / math.sqrt(D)
+    assert backend.forward_unsupported(q, k, v, None, causal, bottom_right, wl, wr, softcap, 0.0) is None
+    out, lse = run_ours(backend, q, k, v, scale, causal, bottom_right, wl, wr, softcap)
+    ref_out, ref_lse = reference(q, k, v, scale, causal, bottom_right, wl, wr, softcap)
+
+    assert not out.isnan().any(), "out not fully written"
+    assert not lse.isnan().any(), "lse not fully written"
+    empty = torch.isinf(ref_lse)
+    assert torch.equal(torch.isinf(lse) & (lse < 0), empty), "rows without keys must have lse = -inf"
+    assert (out[empty] == 0).all(), "rows without keys must be 0"
+    torch.testing.assert_close(lse[~empty].double(), ref_lse[~empty], atol=2e-3, rtol=1e-4)
+
+    err = ((out.double() - ref_out).norm() / ref_out.norm().clamp_min(1e-30)).item()
+    baseline = sdpa_flash_error(q, k, v, scale)
+    # SDPA cannot run some shapes (padded head dims); fall back to bf16/fp16 rounding of the ref.
+    rounding = ((ref_out.to(dtype).double() - ref_out).norm() / ref_out.norm().clamp_min(1e-30)).item()
+    bound = ERROR_FACTOR * max(baseline, 2 * rounding) + 1e-6
+    assert err <= bound, f"relative error {err:.2e} > {bound:.2e} (sdpa flash {baseline:.2e}, rounding {rounding:.2e})"
+
+
+DTYPES = [torch.float16, torch.bfloat16]
+HEAD_DIMS = [64, 96, 128, 192, 256]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("D", HEAD_DIMS)
+@pytest.mark.parametrize("causal", [False, True])
+def test_head_dims_and_dtypes(backend, dtype, D, causal):
+    check_case(backend, 2, 4, 4, 300, 333, D, dtype=dtype, causal=causal)
+
+
+@pytest.mark.parametrize("D,Dv", [(32, 32), (80, 80), (40, 40), (128, 64), (64, 128), (200, 200)])
+def test_padded_head_dims(backend, D, Dv):
+    check_case(backend, 1, 3, 3, 150, 170, D, Dv=Dv)
+
+
+@pytest.mark.parametrize("seqlen", [1, 2, 15, 63, 64, 65, 127, 128, 129, 255, 256, 257, 511, 512, 513])
+@pytest.mark.parametrize("D", [64, 128, 256])
+def test_seqlens_around_tile_edges(backend, seqlen, D):
+    check_case(backend, 1, 2, 2, seqlen, seqlen, D)
+    check_case(backend, 1, 2, 2, seqlen, seqlen, D, causal=True)
+
+
+@pytest.mark.parametrize("Sq,Sk", [(1, 1), (1, 513), (513, 1), (7, 300), (300, 7), (129, 1000), (1000, 129)])
+@pytest.mark.parametrize("bottom_right", [False, True])
+@pytest.mark.parametrize("D", [64, 128])
+def test_causal_alignments_with_unequal_lengths(backend, Sq, Sk, bottom_right, D):
+    check_case(backend, 2, 2, 1, Sq, Sk, D, causal=True, bottom_right=bottom_right)
+
+
+@pytest.mark.parametrize("wl,wr", [(0, 0), (16, 0), (100, 0), (64, 64), (-1, 5), (33, -1), (200, 17)])
+@pytest.mark.parametrize("bottom_right", [False, True])
+@pytest.mark.parametrize("Sq,Sk", [(257, 257), (100, 400), (400, 100)])
+def test_sliding_window(backend, wl, wr, bottom_right, Sq, Sk):
+    check_case(backend, 1, 2, 2, Sq, Sk, 128, wl=wl, wr=wr, bottom_right=bottom_right)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("D", [64, 128, 256])
+def test_softcap(backend, causal, D):
+    check_case(backend, 2, 2, 2, 200, 260, D, softcap=30.0, causal=causal)
+    check_case(backend, 1, 2, 2, 77, 77, D, softcap=2.0, causal=causal, dtype=torch.float16)
+
+
+@pytest.mark.parametrize("Hq,Hkv", [(8, 2), (8, 1), (6, 3), (1, 1)])
+@pytest.mark.parametrize("layout", ["bshd", "bhsd"])
+def test_gqa_mqa_and_layouts(backend, Hq, Hkv, layout):
+    check_case(backend, 2, Hq, Hkv, 190, 230, 128, layout=layout)
+    check_case(backend, 1, Hq, Hkv, 190, 230, 64, layout=layout, causal=True)
+
+
+def test_batch_one_head_one_long(backend):
+    check_case(backend, 1, 1, 1, 2049, 2049, 128, causal=True)
+    check_case(backend, 1, 1, 1, 1, 4097, 128)
+
+
+def test_strided_views_of_a_fused_qkv(backend):
+    """q, k, v as slices of one [B, S, 3, H, D] projection: row stride 3*H*D elements."""
+    B, S, H, D = 2, 211, 4, 64
+    qkv = torch.randn(B, S, 3, H, D, device="cuda", dtype=torch.bfloat16)
+    q, k, v = (qkv[:, :, i].transpose(1, 2) for i in range(3))
+    scale = D ** -0.5
+    out, lse = run_ours(backend, q, k, v, scale, True, False, -1, -1, 0.0)
+    ref_out, ref_lse = reference(q, k, v, scale, True, False, -1, -1, 0.0)
+    assert ((out.double() - ref_out).norm() / ref_out.norm()).item() < 2e-2
+    torch.testing.assert_close(lse.double(), ref_lse, atol=2e-3, rtol=1e-4)
+
+
+def test_unsupported_calls_are_reported(backend):
+    q, k, v = make_qkv(1, 2, 2, 8, 8, 64, 64, torch.bfloat16)
+    bias = torch.zeros(8, 8, device="cuda")
+    assert "bias" in backend.forward_unsupported(q, k, v, bias, False, False, -1, -1, 0.0, 0.0)
+    assert "dropout" in backend.forward_unsupported(q, k, v, None, False, False, -1, -1, 0.0, 0.1)
+    assert "dtype" in backend.forward_unsupported(q.float(), k.float(), v.float(), None, False, False, -1, -1, 0.0, 0.0)
+    q2, k2, v2 = make_qkv(1, 2, 2, 8, 8, 320, 320, torch.bfloat16)
+    assert "head dim" in backend.forward_unsupported(q2, k2, v2, None, False, False, -1, -1, 0.0, 0.0)
+
+
+def test_under_compute_sanitizer(backend, tmp_path):
+    tool = shutil.which("compute-sanitizer") or next(
+        (p for p in ("/usr/local/cuda/bin/compute-sanitizer",) if os.path.exists(p)), None)
+    if tool is None:
+        pytest.skip("compute-sanitizer not found")
+    script = tmp_path / "small_case.py"
+    script.write_text(textwrap.dedent("""
+        import torch
+        from fa_inductor import kernels
+        b = kernels.get_backend(torch.device("cuda"))
+        assert b is not None, kernels.unavailable_reason("cuda")
+        for causal, Sq, Sk in ((False, 70, 130), (True, 130, 70)):
+            q = torch.randn(1, Sq, 2, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            k = torch.randn(1, Sk, 1, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            v = torch.randn(1, Sk, 1, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            out = torch.empty(1, Sq, 2, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            lse = torch.empty(1, 2, Sq, device="cuda")
+            b.forward(q, k, v, 0.125, causal, True, -1, -1, 0.0, out, lse)
+        torch.cuda.synchronize()
+        print("SANITIZED_OK")
+    """))
+    env = dict(os.environ, FA_INDUCTOR_LIBRARY=str(backend.lib.path))
+    proc = subprocess.run([tool, "--tool", "memcheck", "--error-exitcode", "7", sys.executable, str(script)],
+                          capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0 and "SANITIZED_OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]

@@ -1,0 +1,165 @@
+"""The kernel build, compile-only (CI runs this on CPU machines; nothing needs a GPU).
+
+Builds every unit under csrc/ for sm_80 into a temporary cache when nvcc and the CUTLASS headers
+are present (else skips, saying which is missing), then checks the library's C ABI answers
+without a GPU and that the SM80 kernels' SASS really uses the tensor cores (HMMA) and cp.async
+(LDGSTS) without local-memory spills in the forward kernels.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fa_inductor import build
+
+pytestmark = pytest.mark.kernel_build
+
+
+def _toolchain_missing() -> str | None:
+    try:
+        build.find_nvcc()
+        build.cutlass_include_dir()
+    except build.BuildError as e:
+        return str(e)
+    return None
+
+
+@pytest.fixture(scope="module")
+def sm80_build(tmp_path_factory):
+    """(library path, build log text) of an sm_80 build into a fresh temporary cache, or into
+    $FA_TEST_BUILD_CACHE when set (CI may keep that folder between runs: objects are keyed by
+    content, so only changed units recompile)."""
+    missing = _toolchain_missing()
+    if missing:
+        pytest.skip(f"cannot compile the kernels here: {missing}")
+    cache = os.environ.get("FA_TEST_BUILD_CACHE") or str(tmp_path_factory.mktemp("fa_cache"))
+    old = os.environ.get("FA_INDUCTOR_CACHE")
+    os.environ["FA_INDUCTOR_CACHE"] = cache
+    try:
+        lib = build.build("80", jobs=os.cpu_count(), progress=lambda s: print(s, file=sys.stderr))
+    finally:
+        if old is None:
+            del os.environ["FA_INDUCTOR_CACHE"]
+        else:
+            os.environ["FA_INDUCTOR_CACHE"] = old
+    assert lib.is_relative_to(cache)
+    return lib, (lib.parent / "build.log").read_text()
+
+
+def test_library_is_built_into_the_cache(sm80_build):
+    lib, log = sm80_build
+    assert lib.is_file() and lib.name == build.LIBRARY_NAME
+    # every unit's ptxas report is kept in the log
+    for unit in (build.csrc_dir() / "fwd").glob("*.cu"):
+        assert str(unit) in log, f"{unit.name} missing from the build log"
+    assert "Used" in log and "registers" in log
+
+
+def test_c_abi_answers_without_a_gpu(sm80_build):
+    from fa_inductor.kernels import library
+
+    lib = library.Library(sm80_build[0])
+    assert lib.raw.fa_abi_version() == library.ABI_VERSION
+    status = lib.raw.fa_fwd_sm80(None, None)
+    assert status == 1  # FA_ERR_INVALID_ARGUMENT
+    assert "params is null" in lib.last_error()
+    params = library.FwdParams()
+    status = lib.raw.fa_fwd_sm80(ctypes.byref(params), None)
+    assert status == 1 and "null tensor pointer" in lib.last_error()
+
+
+def test_params_mirror_matches_the_header():
+    """library.FwdParams lists the fields of FaFwdParams in the same order."""
+    from fa_inductor.kernels import library
+
+    header = (build.csrc_dir() / "common" / "fa_params.h").read_text()
+    body = header[header.index("typedef struct FaFwdParams") : header.index("} FaFwdParams;")]
+    body = re.sub(r"//[^\n]*", "", body)
+    names = re.findall(r"\b([a-z_][a-z0-9_]*)\s*[,;]", body)
+    assert names == [name for name, _ in library.FwdParams._fields_]
+
+
+def test_forward_kernels_use_tensor_cores_and_cp_async(sm80_build):
+    lib, _ = sm80_build
+    if build.find_cuobjdump() is None:
+        pytest.skip("cuobjdump not available (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    try:
+        functions = build.sass_by_function(build.dump_sass(lib))
+    except build.BuildError as e:
+        pytest.skip(str(e))
+    fwd = {name: body for name, body in functions.items() if "fwd" in name}
+    # 5 head dims x 2 dtypes x (local, softcap) variants
+    assert len(fwd) == 40, sorted(fwd)
+    for name, body in fwd.items():
+        assert "HMMA" in body, f"{name}: no tensor-core instructions"
+        assert "LDGSTS" in body, f"{name}: no cp.async"
+        assert "LDSM" in body, f"{name}: no ldmatrix"
+
+
+# FA2's head-dim-128 shape (128x64 tile, 4 warps) needs a few more than 255 registers in the P.V
+# phase; FA2 itself spills there.  Bounded, so that it cannot quietly grow; every other forward
+# kernel must be spill-free.
+KNOWN_SPILLS = {"FwdTraitsILi128ELi128ELi64ELi4E": 256}
+
+
+def test_forward_kernels_do_not_spill(sm80_build):
+    _, log = sm80_build
+    unexpected = []
+    for line in build.spill_report(log):
+        if "fwd" not in line:
+            continue
+        stores = int(re.search(r"(\d+) bytes spill stores", line).group(1))
+        bound = next((b for key, b in KNOWN_SPILLS.items() if key in line), 0)
+        if stores > bound:
+            unexpected.append(line)
+    assert not unexpected, "\n".join(unexpected)
+
+
+def test_missing_nvcc_is_a_clear_error(monkeypatch):
+    for var in ("CUDACXX", "NVCC", "CUDA_HOME", "CUDA_PATH"):
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setenv("PATH", "")
+    monkeypatch.setattr(build, "FALLBACK_NVCC", ())
+    with pytest.raises(build.BuildError, match="nvcc not found"):
+        build.build("80")
+
+
+def test_missing_cutlass_is_a_clear_error(monkeypatch):
+    real = build.importlib.util.find_spec
+    monkeypatch.setattr(build.importlib.util, "find_spec",
+                        lambda name, *a: None if name == "cutlass_library" else real(name, *a))
+    with pytest.raises(build.BuildError, match="nvidia-cutlass"):
+        build.cutlass_include_dir()
+
+
+def test_arch_list():
+    assert build.parse_archs("90a,80") == ["80", "90a"]
+    assert build.parse_archs("sm_80, 80") == ["80"]
+    assert build.gencode_flags(["80", "90a"]) == [
+        "-gencode=arch=compute_80,code=sm_80",
+        "-gencode=arch=compute_90a,code=sm_90a",
+    ]
+    with pytest.raises(build.BuildError, match="unknown arch"):
+        build.parse_archs("75")
+
+
+def test_importing_the_kernels_builds_nothing(tmp_path):
+    """No GPU, no build: the package imports and reports no backend, leaving the cache empty."""
+    code = (
+        "import fa_inductor.kernels as k\n"
+        "assert k.get_backend('cpu') is None\n"
+        "print(k.unavailable_reason('cpu'))\n"
+    )
+    env = dict(os.environ, FA_INDUCTOR_CACHE=str(tmp_path / "cache"), CUDA_VISIBLE_DEVICES="")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
+                          cwd=Path(build.__file__).parent.parent, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert "not a CUDA device" in proc.stdout
+    assert not (tmp_path / "cache").exists()
