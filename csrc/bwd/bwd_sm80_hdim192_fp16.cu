@@ -1,0 +1,3 @@
+// Backward, head dim 192, fp16 (one TU per head dim x dtype keeps the build parallel).
+#include "bwd_configs.h"
+FA_BWD_INSTANTIATE(192, fp16, cutlass::half_t)
