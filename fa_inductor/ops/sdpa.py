@@ -118,9 +118,17 @@ def _sum_kv_groups(t: torch.Tensor, heads_kv: int) -> torch.Tensor:
     return t.view(b, heads_kv, hq // heads_kv, s, x).sum(2)
 
 
-def _sanitize_empty_rows(out: torch.Tensor, lse: torch.Tensor) -> None:
-    """Rows with every key masked by the bias: the contract says out 0 and lse -inf."""
-    empty = ~torch.isfinite(lse)
+def _clear_rows_without_keys(out, lse, bias: torch.Tensor, causal: bool) -> None:
+    """The contract gives a row whose keys are all masked out 0 and lse -inf.  What SDPA's
+    kernels leave in such a row's lse is their own convention (the efficient kernel's is
+    finite), so the rows are found from the mask itself, not from lse.  A row masked by a
+    huge *finite* bias is not empty: eager averages it uniformly, and SDPA does too."""
+    keep = _bias4(bias if bias.dtype == torch.bool else ~torch.isneginf(bias))
+    if causal:  # SDPA's is_causal is top-left aligned
+        sq, sk = lse.shape[-1], keep.shape[-1]
+        rows = torch.arange(sq, device=keep.device).view(-1, 1)
+        keep = keep & (torch.arange(sk, device=keep.device).view(1, -1) <= rows)
+    empty = ~keep.any(dim=-1)
     lse.masked_fill_(empty, -float("inf"))
     out.masked_fill_(empty.unsqueeze(-1), 0)
 
@@ -157,7 +165,7 @@ def forward(name, q, k, v, bias, scale, causal, out, lse) -> None:
     out.copy_(o)
     lse.copy_(l)
     if bias is not None:
-        _sanitize_empty_rows(out, lse)
+        _clear_rows_without_keys(out, lse, bias, causal)
 
 
 def backward(name, grad_out, q, k, v, out, lse, bias, scale, causal, dq, dk, dv,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
@@ -27,8 +28,9 @@ class AttentionDims:
     head_dim_v: object
 
 
-def _check(cond, message: str, error: type[Exception] = ValueError) -> None:
-    torch._check_with(error, cond, lambda: message)
+def _check(cond, message: Callable[[], str], error: type[Exception] = ValueError) -> None:
+    # The message is a callable so that the hot path (every op call) formats no strings.
+    torch._check_with(error, cond, message)
 
 
 def _shape(t: torch.Tensor) -> str:
@@ -57,13 +59,13 @@ def check_qkv(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> AttentionDim
     bk, hkv, sk, dk = k.shape
     bv, hv, sv, dv = v.shape
     _check(bk == b and bv == b,
-           f"fa attention: batch sizes differ: q {_shape(q)}, k {_shape(k)}, v {_shape(v)}")
-    _check(hv == hkv, f"fa attention: k and v head counts differ: k {_shape(k)}, v {_shape(v)}")
-    _check(sv == sk, f"fa attention: k and v sequence lengths differ: k {_shape(k)}, v {_shape(v)}")
-    _check(dk == d, f"fa attention: q and k head dims differ: q {_shape(q)}, k {_shape(k)}")
-    _check(hkv >= 1, f"fa attention: k has no heads: {_shape(k)}")
+           lambda: f"fa attention: batch sizes differ: q {_shape(q)}, k {_shape(k)}, v {_shape(v)}")
+    _check(hv == hkv, lambda: f"fa attention: k and v head counts differ: k {_shape(k)}, v {_shape(v)}")
+    _check(sv == sk, lambda: f"fa attention: k and v sequence lengths differ: k {_shape(k)}, v {_shape(v)}")
+    _check(dk == d, lambda: f"fa attention: q and k head dims differ: q {_shape(q)}, k {_shape(k)}")
+    _check(hkv >= 1, lambda: f"fa attention: k has no heads: {_shape(k)}")
     _check(hq % hkv == 0,
-           f"fa attention: query heads ({hq}) must be a multiple of key/value heads ({hkv})")
+           lambda: f"fa attention: query heads ({hq}) must be a multiple of key/value heads ({hkv})")
     return AttentionDims(b, hq, hkv, sq, sk, d, dv)
 
 
@@ -84,7 +86,7 @@ def check_bias(bias: torch.Tensor | None, dims: AttentionDims, device: torch.dev
         )
     for size, want in zip(reversed(bias.shape), reversed(target)):
         _check(size == 1 or size == want,
-               f"fa attention: bias of shape {_shape(bias)} does not broadcast to "
+               lambda: f"fa attention: bias of shape {_shape(bias)} does not broadcast to "
                f"[B, Hq, Sq, Sk] = {list(target)}")
 
 
@@ -151,13 +153,13 @@ def check_backward(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_righ
             )
         _check(t.shape[0] == out_shape[0] and t.shape[1] == out_shape[1]
                and t.shape[2] == out_shape[2] and t.shape[3] == out_shape[3],
-               f"fa attention backward: {name} must have shape [B, Hq, Sq, Dv] = "
+               lambda: f"fa attention backward: {name} must have shape [B, Hq, Sq, Dv] = "
                f"{list(out_shape)}, got {_shape(t)}")
     if not isinstance(lse, torch.Tensor) or lse.dim() != 3:
         raise ValueError("fa attention backward: lse must be a [B, Hq, Sq] tensor")
     _check(lse.shape[0] == dims.batch and lse.shape[1] == dims.heads_q
            and lse.shape[2] == dims.seqlen_q,
-           f"fa attention backward: lse must have shape [B, Hq, Sq], got {_shape(lse)}")
+           lambda: f"fa attention backward: lse must have shape [B, Hq, Sq], got {_shape(lse)}")
     if lse.dtype != torch.float32:
         raise TypeError(f"fa attention backward: lse must be float32, got {lse.dtype}")
     if not isinstance(bias_requires_grad, bool):

@@ -28,7 +28,7 @@ class LlamaStyleAttention(torch.nn.Module):
         rep = self.h // self.kv
         k = k[:, :, None].expand(b, self.kv, rep, s, self.d).reshape(b, self.h, s, self.d)
         v = v[:, :, None].expand(b, self.kv, rep, s, self.d).reshape(b, self.h, s, self.d)
-        mask = torch.full((s, s), torch.finfo(x.dtype).min, device=x.device).triu(1)
+        mask = torch.full((s, s), torch.finfo(x.dtype).min, dtype=x.dtype, device=x.device).triu(1)
         w = torch.matmul(q, k.transpose(2, 3)) * self.d ** -0.5 + mask
         w = torch.softmax(w, dim=-1, dtype=torch.float32).to(q.dtype)
         out = torch.matmul(w, v).transpose(1, 2).reshape(b, s, -1)
