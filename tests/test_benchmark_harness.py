@@ -477,14 +477,15 @@ def test_a_compile_failure_is_described_by_its_root_cause():
                            "does not support backward on CPU.')")
 
 
-def test_compiler_settings_allow_backward_on_a_retained_graph(monkeypatch):
+def test_compiler_settings_allow_backward_on_a_retained_graph():
     import torch._dynamo.config as dynamo_config
     import torch._functorch.config as functorch_config
     from attnbench import impls
 
-    monkeypatch.setattr(functorch_config, "donated_buffer", True)
-    monkeypatch.setattr(dynamo_config, "recompile_limit", 8)
-    impls.configure_compiler()
-    # Donated buffers make a compiled backward refuse retain_graph=True (the backward timing).
-    assert functorch_config.donated_buffer is False
-    assert dynamo_config.recompile_limit >= 256
+    # torch's own patch() restores the settings; pytest's monkeypatch may undo an attribute of
+    # a config module by deleting it, which hides that setting for every later test.
+    with functorch_config.patch(donated_buffer=True), dynamo_config.patch(recompile_limit=8):
+        impls.configure_compiler()
+        # Donated buffers make a compiled backward refuse retain_graph=True (the backward timing).
+        assert functorch_config.donated_buffer is False
+        assert dynamo_config.recompile_limit >= 256
