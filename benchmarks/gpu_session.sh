@@ -8,7 +8,8 @@
 # Steps (FA_GPU_STEPS, default "build test fwdbench bench"):
 #   build     python -m fa_inductor.build --arch $FA_GPU_ARCH (default: the device's own arch)
 #   test      pytest $FA_GPU_TESTS (default tests/gpu) -q
-#   fwdbench  benchmarks/fwd_sm80_quick.py (our forward vs SDPA flash, head dim 128)
+#   fwdbench  benchmarks/fwd_quick.py $FA_FWD_ARGS (our forward kernel families vs SDPA cuDNN
+#             and flash; e.g. FA_FWD_ARGS="--head-dims 64,128,256 --ablation")
 #   bench     benchmarks/attention.py --out $OUT $FA_BENCH_ARGS, if it exists (the full harness;
 #             e.g. FA_BENCH_ARGS="--budget-s 420 --dims 128")
 # Logs and results go under $OUT (default ./gpu_out); a short table is printed last.
@@ -64,10 +65,11 @@ for step in $STEPS; do
       [ $rc -ne 0 ] && status=1
       ;;
     fwdbench)
-      python3 benchmarks/fwd_sm80_quick.py --out "$OUT/sm80_fwd.json" 2>&1 | tee "$OUT/fwdbench.log"
+      # shellcheck disable=SC2086
+      python3 benchmarks/fwd_quick.py --out "$OUT/fwd_quick.json" ${FA_FWD_ARGS:-} 2>&1 | tee "$OUT/fwdbench.log"
       rc=$?
       note "fwdbench: rc=$rc"
-      grep -E 'd=[0-9]+ S=' "$OUT/fwdbench.log" >> "$SUMMARY"
+      grep -E '^device:|^d= *[0-9]+ S=' "$OUT/fwdbench.log" >> "$SUMMARY"
       [ $rc -ne 0 ] && status=1
       ;;
     bench)

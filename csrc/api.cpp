@@ -5,6 +5,7 @@
 #include <string>
 
 #include "common/error.h"
+#include "common/validate.h"
 #include "fwd/fwd_entry.h"
 
 namespace fa {
@@ -19,30 +20,6 @@ void clear_last_error() { last_error.clear(); }
 }  // namespace fa
 
 namespace {
-
-bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
-bool stride_ok(int64_t s) { return s % 8 == 0; }  // 16-byte rows for 2-byte elements
-
-int validate_fwd(const FaFwdParams* p) {
-  FA_REQUIRE(p != nullptr, FA_ERR_INVALID_ARGUMENT, "fa_fwd_sm80: params is null");
-  FA_REQUIRE(p->q && p->k && p->v && p->out && p->lse, FA_ERR_INVALID_ARGUMENT, "fa_fwd_sm80: null tensor pointer");
-  FA_REQUIRE(p->batch > 0 && p->heads_q > 0 && p->heads_kv > 0 && p->seqlen_q > 0 && p->seqlen_k > 0,
-             FA_ERR_INVALID_ARGUMENT, "fa_fwd_sm80: empty or negative shape");
-  FA_REQUIRE(p->heads_q % p->heads_kv == 0, FA_ERR_INVALID_ARGUMENT,
-             "fa_fwd_sm80: heads_q must be a multiple of heads_kv");
-  FA_REQUIRE(p->batch <= 65535 && p->heads_q <= 65535, FA_ERR_UNSUPPORTED,
-             "fa_fwd_sm80: batch and heads must be <= 65535");
-  FA_REQUIRE(p->dtype == FA_FP16 || p->dtype == FA_BF16, FA_ERR_UNSUPPORTED, "fa_fwd_sm80: dtype must be fp16 or bf16");
-  FA_REQUIRE(aligned16(p->q) && aligned16(p->k) && aligned16(p->v) && aligned16(p->out), FA_ERR_INVALID_ARGUMENT,
-             "fa_fwd_sm80: q, k, v, out must be 16-byte aligned");
-  const int64_t strides[] = {p->q_batch_stride, p->q_head_stride, p->q_row_stride, p->k_batch_stride,
-                             p->k_head_stride,  p->k_row_stride,  p->v_batch_stride, p->v_head_stride,
-                             p->v_row_stride,   p->o_batch_stride, p->o_head_stride, p->o_row_stride};
-  for (int64_t s : strides) {
-    FA_REQUIRE(stride_ok(s), FA_ERR_INVALID_ARGUMENT, "fa_fwd_sm80: strides must be multiples of 8 elements");
-  }
-  return FA_OK;
-}
 
 template <int kDtype>
 int dispatch_head_dim(const FaFwdParams& p, cudaStream_t stream) {
@@ -69,7 +46,7 @@ FA_EXPORT const char* fa_last_error(void) { return fa::last_error.c_str(); }
 
 FA_EXPORT int fa_fwd_sm80(const FaFwdParams* params, cudaStream_t stream) {
   fa::clear_last_error();
-  if (int status = validate_fwd(params); status != FA_OK) return status;
+  if (int status = fa::validate_fwd(params, "fa_fwd_sm80"); status != FA_OK) return status;
   return params->dtype == FA_FP16 ? dispatch_head_dim<FA_FP16>(*params, stream)
                                   : dispatch_head_dim<FA_BF16>(*params, stream);
 }

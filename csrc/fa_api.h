@@ -21,6 +21,12 @@ const char* fa_last_error(void);
 // Forward attention with the SM80 (FlashAttention-2 style) kernels.  Returns FA_OK or an error
 // code; the message is then in fa_last_error().
 int fa_fwd_sm80(const FaFwdParams* params, cudaStream_t stream);
+// Forward attention with the SM90 (FlashAttention-3 style: TMA, wgmma, warp specialisation)
+// kernels.  Present only in libraries built for sm_90a; same params and status codes.
+int fa_fwd_sm90(const FaFwdParams* params, cudaStream_t stream);
+// The SM90 forward (head dim 128, bf16, dense or causal) with one scheduling idea switched off:
+// variant 0 full, 1 no ping-pong, 2 no intra-warpgroup overlap, 3 no warp specialisation.
+int fa_fwd_sm90_ablation(const FaFwdParams* params, int variant, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

@@ -120,6 +120,18 @@ def gencode_flags(archs: list[str]) -> list[str]:
     return [f"-gencode=arch=compute_{a},code=sm_{a}" for a in archs]
 
 
+# Kernel families that only exist for some archs, by their folder under csrc/: the SM90 kernels
+# use wgmma and setmaxnreg, which only the sm_90a target has.  Units elsewhere build for every
+# requested arch (the SM80 kernels are the fallback on Hopper too).
+ARCH_ONLY_FOLDERS = {"sm90": ("90a",)}
+
+
+def unit_archs(rel: Path, archs: list[str]) -> list[str]:
+    """The requested archs a unit (path relative to csrc/) is compiled for; [] means skipped."""
+    only = ARCH_ONLY_FOLDERS.get(rel.parts[0]) if len(rel.parts) > 1 else None
+    return [a for a in archs if only is None or a in only]
+
+
 def cache_root() -> Path:
     env = os.environ.get("FA_INDUCTOR_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "fa_inductor"
@@ -180,16 +192,19 @@ class _Plan:
         self.flags = [
             *COMMON_FLAGS,
             *self.extra,
-            *gencode_flags(archs),
             f"-I{self.root}",
             f"-I{self.include}",
         ]
-        self.units = _sources(self.root)
+        self.unit_archs = {
+            u: unit_archs(u.relative_to(self.root), archs) for u in _sources(self.root)
+        }
+        self.units = [u for u, a in self.unit_archs.items() if a]
         if not self.units:
             raise BuildError(f"no kernel sources under {self.root}")
-        identity = [self.version, *COMMON_FLAGS, *self.extra, *gencode_flags(archs)]
+        identity = [self.version, *COMMON_FLAGS, *self.extra]
         self.unit_keys = {
-            u: _digest([u, *_headers_visible_to(u, self.root)], identity, self.root)
+            u: _digest([u, *_headers_visible_to(u, self.root)],
+                       [*identity, *gencode_flags(self.unit_archs[u])], self.root)
             for u in self.units
         }
         self.key = hashlib.sha256(
@@ -215,7 +230,7 @@ def library_path(archs: str | list[str]) -> Path:
 def _compile(plan: _Plan, unit: Path) -> tuple[Path, float, str]:
     obj = plan.obj(unit)
     tmp = obj.with_suffix(f".{os.getpid()}.tmp.o")
-    cmd = [str(plan.nvcc), *plan.flags, "-c", str(unit), "-o", str(tmp)]
+    cmd = [str(plan.nvcc), *plan.flags, *gencode_flags(plan.unit_archs[unit]), "-c", str(unit), "-o", str(tmp)]
     start = time.monotonic()
     proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
     elapsed = time.monotonic() - start

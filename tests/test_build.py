@@ -3,7 +3,9 @@
 Builds every unit under csrc/ for sm_80 into a temporary cache when nvcc and the CUTLASS headers
 are present (else skips, saying which is missing), then checks the library's C ABI answers
 without a GPU and that the SM80 kernels' SASS really uses the tensor cores (HMMA) and cp.async
-(LDGSTS) without local-memory spills in the forward kernels.
+(LDGSTS) without local-memory spills in the forward kernels.  The SM90 kernels are built for
+sm_90a (without recompiling the SM80 kernels for it, to keep CI short) and their SASS must show
+wgmma (HGMMA) and TMA loads (UTMALDG), with no spills.
 """
 
 from __future__ import annotations
@@ -31,26 +33,40 @@ def _toolchain_missing() -> str | None:
     return None
 
 
-@pytest.fixture(scope="module")
-def sm80_build(tmp_path_factory):
-    """(library path, build log text) of an sm_80 build into a fresh temporary cache, or into
+def _build_into_cache(tmp_path_factory, arch: str, exclude: str = ""):
+    """(library path, build log text) of a build into a fresh temporary cache, or into
     $FA_TEST_BUILD_CACHE when set (CI may keep that folder between runs: objects are keyed by
     content, so only changed units recompile)."""
     missing = _toolchain_missing()
     if missing:
         pytest.skip(f"cannot compile the kernels here: {missing}")
     cache = os.environ.get("FA_TEST_BUILD_CACHE") or str(tmp_path_factory.mktemp("fa_cache"))
-    old = os.environ.get("FA_INDUCTOR_CACHE")
+    saved = {var: os.environ.get(var) for var in ("FA_INDUCTOR_CACHE", "FA_BUILD_EXCLUDE")}
     os.environ["FA_INDUCTOR_CACHE"] = cache
+    os.environ["FA_BUILD_EXCLUDE"] = exclude
     try:
-        lib = build.build("80", jobs=os.cpu_count(), progress=lambda s: print(s, file=sys.stderr))
+        lib = build.build(arch, jobs=os.cpu_count(), progress=lambda s: print(s, file=sys.stderr))
     finally:
-        if old is None:
-            del os.environ["FA_INDUCTOR_CACHE"]
-        else:
-            os.environ["FA_INDUCTOR_CACHE"] = old
+        for var, value in saved.items():
+            if value is None:
+                del os.environ[var]
+            else:
+                os.environ[var] = value
     assert lib.is_relative_to(cache)
     return lib, (lib.parent / "build.log").read_text()
+
+
+@pytest.fixture(scope="module")
+def sm80_build(tmp_path_factory):
+    return _build_into_cache(tmp_path_factory, "80")
+
+
+@pytest.fixture(scope="module")
+def sm90_build(tmp_path_factory):
+    """An sm_90a build of the SM90 units (the SM80 kernel units are left out: they are the same
+    code as in sm80_build, and compiling them again would double CI's build time).  The library
+    is only inspected, not loaded: it lacks the SM80 entry points' kernels."""
+    return _build_into_cache(tmp_path_factory, "90a", exclude="fwd/fwd_hdim*,bwd/bwd_sm80_hdim*")
 
 
 def test_library_is_built_into_the_cache(sm80_build):
@@ -120,6 +136,42 @@ def test_forward_kernels_do_not_spill(sm80_build):
         if stores > bound:
             unexpected.append(line)
     assert not unexpected, "\n".join(unexpected)
+
+
+def _sass_functions(lib):
+    if build.find_cuobjdump() is None:
+        pytest.skip("cuobjdump not available (pip install nvidia-cuda-cuobjdump nvidia-cuda-nvdisasm)")
+    try:
+        return build.sass_by_function(build.dump_sass(lib))
+    except build.BuildError as e:
+        pytest.skip(str(e))
+
+
+def test_sm90_units_build_for_sm90a_only():
+    assert build.unit_archs(Path("sm90/fwd_sm90_hdim128_bf16.cu"), ["80", "90a"]) == ["90a"]
+    assert build.unit_archs(Path("sm90/fwd_sm90_hdim128_bf16.cu"), ["80"]) == []
+    assert build.unit_archs(Path("fwd/fwd_hdim128_bf16.cu"), ["80", "90a"]) == ["80", "90a"]
+    assert build.unit_archs(Path("api.cpp"), ["80"]) == ["80"]
+
+
+def test_sm90_forward_uses_wgmma_and_tma(sm90_build):
+    lib, _ = sm90_build
+    fwd = {name: body for name, body in _sass_functions(lib).items() if "fa_fwd_sm90" in name}
+    # 5 head dims x 2 dtypes x (local, softcap), plus 8 ablation instances (head dim 128 bf16)
+    assert len(fwd) == 48, sorted(fwd)
+    for name, body in fwd.items():
+        assert "fwd" in name
+        assert "HGMMA" in body, f"{name}: no wgmma"
+        assert "UTMALDG" in body, f"{name}: no TMA loads"
+        assert "UTMASTG" in body, f"{name}: no TMA store"
+        assert "USETMAXREG" in body or "ScheduleILb0ELb1ELb0E" in name, f"{name}: no register reallocation"
+        assert not re.search(r"\b(LDL|STL)\b", body), f"{name}: local memory"
+
+
+def test_sm90_forward_does_not_spill(sm90_build):
+    _, log = sm90_build
+    spills = [line for line in build.spill_report(log) if "sm90" in line]
+    assert not spills, "\n".join(spills)
 
 
 def test_missing_nvcc_is_a_clear_error(monkeypatch):

@@ -13,6 +13,7 @@ machine built, once, with progress) on the first ``get_backend`` for a CUDA devi
 from __future__ import annotations
 
 import importlib
+import os
 import threading
 
 import torch
@@ -71,17 +72,31 @@ def _backward_module():
         return None
 
 
-class KernelBackend:
-    """The SM80 (FlashAttention-2 design) kernels on one CUDA device."""
+def _forward_family(lib: _library.Library, device: torch.device) -> str:
+    """The forward kernels a call on ``device`` runs: the SM90 ones on Hopper when the library has
+    them, else the SM80 ones.  $FA_INDUCTOR_FWD_FAMILY=sm80 forces the SM80 kernels (comparisons)."""
+    forced = os.environ.get("FA_INDUCTOR_FWD_FAMILY", "")
+    if forced not in ("", "sm80", "sm90"):
+        raise ValueError(f"FA_INDUCTOR_FWD_FAMILY={forced!r}: expected sm80 or sm90")
+    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
+    if forced == "sm80" or not (hopper and lib.has("fa_fwd_sm90")):
+        return "sm80"
+    return "sm90"
 
-    name = "sm80"
+
+class KernelBackend:
+    """The compiled kernels on one CUDA device: the SM90 (FlashAttention-3 design) forward on
+    Hopper when built, the SM80 (FlashAttention-2 design) kernels elsewhere and for the backward."""
+
+    name = "sm80"  # the backward's kernels (and the forward's off Hopper)
 
     def __init__(self, lib: _library.Library, device: torch.device):
         self.lib = lib
         self.device = device
+        self.forward_name = _forward_family(lib, device)
 
     def __repr__(self) -> str:
-        return f"KernelBackend({self.name!r}, {self.device}, {self.lib.path})"
+        return f"KernelBackend(forward={self.forward_name!r}, backward={self.name!r}, {self.device}, {self.lib.path})"
 
     # ---- forward ---------------------------------------------------------------------------
 
@@ -113,8 +128,31 @@ class KernelBackend:
         return None
 
     def forward(self, q, k, v, scale, causal, bottom_right, window_left, window_right, softcap,
-                out, lse) -> None:
-        """Writes out [B,Hq,Sq,Dv] (any strides, last dim contiguous) and lse [B,Hq,Sq] fp32."""
+                out, lse, family: str | None = None) -> None:
+        """Writes out [B,Hq,Sq,Dv] (any strides, last dim contiguous) and lse [B,Hq,Sq] fp32.
+
+        ``family`` ("sm80" or "sm90") overrides the kernels picked for this device."""
+        family = family or self.forward_name
+        if family == "sm90":
+            if not self.lib.has("fa_fwd_sm90"):
+                raise _library.KernelError(f"{self.lib.path} has no SM90 forward (build it with --arch 90a)")
+            call = self.lib.fwd_sm90
+        elif family == "sm80":
+            call = self.lib.fwd_sm80
+        else:
+            raise ValueError(f"unknown kernel family {family!r}")
+        self._forward(call, q, k, v, scale, causal, bottom_right, window_left, window_right, softcap, out, lse)
+
+    def forward_ablation(self, variant: int, q, k, v, scale, causal, out, lse) -> None:
+        """The SM90 forward with one scheduling idea switched off (csrc/sm90/fwd_sm90_ablation.cu):
+        0 full, 1 no ping-pong, 2 no intra-warpgroup overlap, 3 no warp specialisation."""
+        if not self.lib.has("fa_fwd_sm90_ablation"):
+            raise _library.KernelError(f"{self.lib.path} has no SM90 ablation instances (build with --arch 90a)")
+        call = lambda p, stream: self.lib.fwd_sm90_ablation(p, variant, stream)  # noqa: E731
+        self._forward(call, q, k, v, scale, causal, False, -1, -1, 0.0, out, lse)
+
+    def _forward(self, call, q, k, v, scale, causal, bottom_right, window_left, window_right, softcap,
+                 out, lse) -> None:
         B, Hq, Sq, D = q.shape
         Hkv, Sk, Dv = k.size(1), k.size(2), v.size(-1)
         if B == 0 or Hq == 0 or Sq == 0:
@@ -147,7 +185,7 @@ class KernelBackend:
             window_left=wl, window_right=wr, bottom_right=int(bool(bottom_right)),
         )
         with torch.cuda.device(q.device):
-            self.lib.fwd_sm80(p, torch.cuda.current_stream(q.device).cuda_stream)
+            call(p, torch.cuda.current_stream(q.device).cuda_stream)
         if o is not out:
             out.copy_(o[..., :Dv])
         if lse_buf is not lse:
@@ -227,4 +265,32 @@ def unavailable_reason(device) -> str | None:
     return _reasons.get(index) or None
 
 
-__all__ = ["KernelBackend", "SUPPORTED_HEAD_DIMS", "get_backend", "padded_head_dim", "unavailable_reason"]
+ABLATION_VARIANTS = (
+    "full FlashAttention-3 schedule",
+    "no ping-pong",
+    "no intra-warpgroup overlap",
+    "no warp specialisation",
+)
+
+
+def ablation_variants(device) -> dict:
+    """{name: fn(q, k, v, scale, causal) -> out} for the SM90 forward's ablation instances (head
+    dim 128, bf16), the full kernel first; {} where the library has none (not sm_90a)."""
+    backend = get_backend(device)
+    if backend is None or not backend.lib.has("fa_fwd_sm90_ablation"):
+        return {}
+
+    def variant(index: int):
+        def run(q, k, v, scale, causal):
+            B, H, S, _ = q.shape
+            out = torch.empty((B, S, H, v.size(-1)), dtype=q.dtype, device=q.device).transpose(1, 2)
+            lse = torch.empty((B, H, S), dtype=torch.float32, device=q.device)
+            backend.forward_ablation(index, q, k, v, scale, causal, out, lse)
+            return out
+
+        return run
+
+    return {name: variant(i) for i, name in enumerate(ABLATION_VARIANTS)}
+
+
+__all__ = ["ABLATION_VARIANTS", "KernelBackend", "ablation_variants", "SUPPORTED_HEAD_DIMS", "get_backend", "padded_head_dim", "unavailable_reason"]

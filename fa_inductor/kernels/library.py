@@ -73,6 +73,13 @@ class Library:
             raise KernelError(f"{self.path} has ABI version {version}, expected {ABI_VERSION}: rebuild it")
         self._lib.fa_fwd_sm80.restype = ctypes.c_int
         self._lib.fa_fwd_sm80.argtypes = [ctypes.POINTER(FwdParams), ctypes.c_void_p]
+        # Only in libraries built for sm_90a.
+        if self.has("fa_fwd_sm90"):
+            self._lib.fa_fwd_sm90.restype = ctypes.c_int
+            self._lib.fa_fwd_sm90.argtypes = [ctypes.POINTER(FwdParams), ctypes.c_void_p]
+        if self.has("fa_fwd_sm90_ablation"):
+            self._lib.fa_fwd_sm90_ablation.restype = ctypes.c_int
+            self._lib.fa_fwd_sm90_ablation.argtypes = [ctypes.POINTER(FwdParams), ctypes.c_int, ctypes.c_void_p]
 
     @property
     def raw(self) -> ctypes.CDLL:
@@ -92,6 +99,13 @@ class Library:
 
     def fwd_sm80(self, params: FwdParams, stream: int) -> None:
         self.check(self._lib.fa_fwd_sm80(ctypes.byref(params), ctypes.c_void_p(stream)), "fa_fwd_sm80")
+
+    def fwd_sm90(self, params: FwdParams, stream: int) -> None:
+        self.check(self._lib.fa_fwd_sm90(ctypes.byref(params), ctypes.c_void_p(stream)), "fa_fwd_sm90")
+
+    def fwd_sm90_ablation(self, params: FwdParams, variant: int, stream: int) -> None:
+        status = self._lib.fa_fwd_sm90_ablation(ctypes.byref(params), int(variant), ctypes.c_void_p(stream))
+        self.check(status, "fa_fwd_sm90_ablation")
 
 
 _lock = threading.Lock()

@@ -69,11 +69,15 @@ def _select(kernel_check: str, q, k, v, bias, causal, bottom_right, window_left,
     if backend is None:
         passed_over.append("no compiled kernels")
     else:
+        # The forward may run another kernel family than the backward (SM90 on Hopper).
+        name = backend.name
+        if kernel_check == "forward_unsupported":
+            name = getattr(backend, "forward_name", name)
         why = getattr(backend, kernel_check)(q, k, v, bias, causal, bottom_right, window_left,
                                              window_right, softcap, dropout_p)
         if why is None:
-            return Choice(backend.name, "compiled kernel supports the call")
-        passed_over.append(f"{backend.name}: {why}")
+            return Choice(name, "compiled kernel supports the call")
+        passed_over.append(f"{name}: {why}")
     why = sdpa.unsupported(q, k, v, bias, causal, bottom_right, window_left, window_right,
                             softcap, dropout_p)
     if why is None and q.device.type != "cuda":

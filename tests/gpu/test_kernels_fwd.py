@@ -1,4 +1,5 @@
-"""The SM80 forward kernel against a float64 reference (skipped without CUDA).
+"""The forward kernels (SM80 family everywhere, SM90 family on Hopper) against a float64
+reference (skipped without CUDA).
 
 Every case draws fresh random inputs, poisons out and lse with NaN before the call and requires
 every element written.  The error bound is relative to what PyTorch's own flash backend (SDPA)
@@ -28,12 +29,30 @@ from fa_inductor import kernels  # noqa: E402
 ERROR_FACTOR = 2.0  # ours vs SDPA flash, both against float64
 
 
-@pytest.fixture(scope="module")
-def backend():
+class OneFamily:
+    """The kernel backend with its forward pinned to one kernel family."""
+
+    def __init__(self, backend, family):
+        self.backend, self.family, self.lib = backend, family, backend.lib
+
+    def forward_unsupported(self, *args):
+        return self.backend.forward_unsupported(*args)
+
+    def forward(self, *args):
+        self.backend.forward(*args, family=self.family)
+
+
+@pytest.fixture(scope="module", params=["sm80", "sm90"])
+def backend(request):
     b = kernels.get_backend(torch.device("cuda"))
     if b is None:
         pytest.skip(f"no compiled kernels: {kernels.unavailable_reason('cuda')}")
-    return b
+    if request.param == "sm90":
+        if torch.cuda.get_device_capability() != (9, 0):
+            pytest.skip("the SM90 kernels need a Hopper GPU (compute capability 9.0)")
+        assert b.lib.has("fa_fwd_sm90"), f"{b.lib.path} was built without the SM90 forward"
+        assert b.forward_name == "sm90", "on Hopper the SM90 forward is the one dispatched"
+    return OneFamily(b, request.param)
 
 
 def reference(q, k, v, scale, causal, bottom_right, wl, wr, softcap):
@@ -201,13 +220,14 @@ def test_unsupported_calls_are_reported(backend):
     assert "head dim" in backend.forward_unsupported(q2, k2, v2, None, False, False, -1, -1, 0.0, 0.0)
 
 
-def test_under_compute_sanitizer(backend, tmp_path):
+@pytest.mark.parametrize("tool_name", ["memcheck", "racecheck"])
+def test_under_compute_sanitizer(backend, tmp_path, tool_name):
     tool = shutil.which("compute-sanitizer") or next(
         (p for p in ("/usr/local/cuda/bin/compute-sanitizer",) if os.path.exists(p)), None)
     if tool is None:
         pytest.skip("compute-sanitizer not found")
     script = tmp_path / "small_case.py"
-    script.write_text(textwrap.dedent("""
+    script.write_text(f"FAMILY = {backend.family!r}\n" + textwrap.dedent("""
         import torch
         from fa_inductor import kernels
         b = kernels.get_backend(torch.device("cuda"))
@@ -218,11 +238,29 @@ def test_under_compute_sanitizer(backend, tmp_path):
             v = torch.randn(1, Sk, 1, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
             out = torch.empty(1, Sq, 2, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
             lse = torch.empty(1, 2, Sq, device="cuda")
-            b.forward(q, k, v, 0.125, causal, True, -1, -1, 0.0, out, lse)
+            b.forward(q, k, v, 0.125, causal, True, -1, -1, 0.0, out, lse, family=FAMILY)
         torch.cuda.synchronize()
         print("SANITIZED_OK")
     """))
     env = dict(os.environ, FA_INDUCTOR_LIBRARY=str(backend.lib.path))
-    proc = subprocess.run([tool, "--tool", "memcheck", "--error-exitcode", "7", sys.executable, str(script)],
+    proc = subprocess.run([tool, "--tool", tool_name, "--error-exitcode", "7", sys.executable, str(script)],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0 and "SANITIZED_OK" in proc.stdout, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("Sq,Sk", [(1, 1), (200, 333), (513, 257), (1100, 1100)])
+def test_sm90_ablation_instances_are_correct(causal, Sq, Sk):
+    """Each ablation instance (one scheduling idea off) computes the same attention; the
+    benchmark's ablation table would be meaningless otherwise."""
+    variants = kernels.ablation_variants(torch.device("cuda"))
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the SM90 kernels need a Hopper GPU")
+    assert list(variants) == list(kernels.ABLATION_VARIANTS)
+    q, k, v = make_qkv(2, 4, 2, Sq, Sk, 128, 128, torch.bfloat16)
+    ref, _ = reference(q, k, v, 128 ** -0.5, causal, False, -1, -1, 0.0)
+    for name, fn in variants.items():
+        out = fn(q, k, v, 128 ** -0.5, causal)
+        torch.cuda.synchronize()
+        err = ((out.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
+        assert not out.isnan().any() and err < 1e-2, f"{name}: relative error {err:.2e}"

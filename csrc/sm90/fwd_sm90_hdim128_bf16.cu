@@ -1,0 +1,13 @@
+// SM90 forward, head dim 128, bf16.  Built for sm_90a only (wgmma, setmaxnreg).
+#include "fwd_sm90_config.h"
+#include "fwd_sm90_entry.h"
+#include "fwd_sm90_launch.h"
+
+namespace fa::sm90 {
+
+template <>
+int run_fwd_sm90<128, FA_BF16>(const FaFwdParams& params, cudaStream_t stream) {
+  return run_fwd<FwdConfig<128, cutlass::bfloat16_t>::Traits>(params, stream);
+}
+
+}  // namespace fa::sm90

@@ -1,0 +1,76 @@
+// Host side of the SM90 forward: TMA descriptors for Q, K, V and O, then the launch.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "common/error.h"
+#include "common/fa_params.h"
+#include "common/static_switch.h"
+#include "fwd_sm90_kernel.h"
+
+namespace fa::sm90 {
+
+// The TMA unit wants every stride a nonzero multiple of 16 bytes, even of a mode of extent 1 (the
+// Python side passes 0 there): give such modes the stride of a dense tensor.
+inline void dense_if_unused(int64_t& head_stride, int64_t& batch_stride, int64_t row_stride, int seqlen, int heads) {
+  if (head_stride == 0) head_stride = row_stride * seqlen;
+  if (batch_stride == 0) batch_stride = head_stride * heads;
+}
+
+template <class Traits, class Ptr>
+auto qkv_tensor(Ptr ptr, int seqlen, int heads, int batch, int64_t row, int64_t head, int64_t bat) {
+  dense_if_unused(head, bat, row, seqlen, heads);
+  return make_tensor(make_gmem_ptr(ptr), make_layout(make_shape(seqlen, int32_t(Traits::kHeadDim), heads, batch),
+                                                     make_stride(row, _1{}, head, bat)));
+}
+
+template <typename Traits, class Schedule, bool Is_local, bool Is_softcap>
+int launch(const FaFwdParams& p, cudaStream_t stream) {
+  using Element = typename Traits::Element;
+  auto mQ = qkv_tensor<Traits>(static_cast<Element const*>(p.q), p.seqlen_q, p.heads_q, p.batch, p.q_row_stride,
+                               p.q_head_stride, p.q_batch_stride);
+  auto mK = qkv_tensor<Traits>(static_cast<Element const*>(p.k), p.seqlen_k, p.heads_kv, p.batch, p.k_row_stride,
+                               p.k_head_stride, p.k_batch_stride);
+  auto mV = qkv_tensor<Traits>(static_cast<Element const*>(p.v), p.seqlen_k, p.heads_kv, p.batch, p.v_row_stride,
+                               p.v_head_stride, p.v_batch_stride);
+  auto mO = qkv_tensor<Traits>(static_cast<Element*>(p.out), p.seqlen_q, p.heads_q, p.batch, p.o_row_stride,
+                               p.o_head_stride, p.o_batch_stride);
+  constexpr int kRows = Traits::kRowsPerWarpgroup;
+  FwdArgs<Traits> args{
+      make_tma_copy(SM90_TMA_LOAD{}, mQ, typename Traits::SmemLayoutQ{}, Shape<Int<kRows>, Int<Traits::kHeadDim>>{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mK, take<0, 2>(typename Traits::SmemLayoutKV{}),
+                    Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDim>>{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mV, take<0, 2>(typename Traits::SmemLayoutKV{}),
+                    Shape<Int<Traits::kBlockN>, Int<Traits::kHeadDim>>{}, _1{}),
+      make_tma_copy(SM90_TMA_STORE{}, mO, typename Traits::SmemLayoutO{}, Shape<Int<kRows>, Int<Traits::kHeadDim>>{}, _1{}),
+      p.lse,
+      p.batch, p.heads_q, p.heads_kv, p.seqlen_q, p.seqlen_k,
+      p.scale, p.softcap,
+      p.window_left, p.window_right, p.bottom_right,
+  };
+
+  auto kernel = &fa_fwd_sm90_kernel<Traits, Schedule, Is_local, Is_softcap>;
+  constexpr int smem = Traits::kSmemBytes;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) {
+    set_last_error(std::string("fa_fwd_sm90: cannot get ") + std::to_string(smem) +
+                   " bytes of shared memory: " + cudaGetErrorString(err));
+    return FA_ERR_CUDA;
+  }
+  dim3 grid((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, p.heads_q, p.batch);
+  kernel<<<grid, kernel_threads<Traits, Schedule>(), smem, stream>>>(args);
+  return check_launch("fa_fwd_sm90 launch");
+}
+
+template <typename Traits, class Schedule = FullSchedule>
+int run_fwd(const FaFwdParams& params, cudaStream_t stream) {
+  const bool local = params.window_left >= 0 || params.window_right >= 0;
+  const bool softcap = params.softcap > 0.f;
+  return FA_BOOL_SWITCH(local, Is_local, [&] {
+    return FA_BOOL_SWITCH(softcap, Is_softcap, [&] { return launch<Traits, Schedule, Is_local, Is_softcap>(params, stream); });
+  });
+}
+
+}  // namespace fa::sm90

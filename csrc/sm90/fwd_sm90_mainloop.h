@@ -1,0 +1,264 @@
+// Main loop of the SM90 forward: the producer's TMA loads and the consumers' wgmma + softmax.
+//
+// Key blocks run from the last to the first, so that with a causal or window mask the blocks that
+// need masking come first and the rest run unmasked.
+//
+// Consumer schedule per key block j (the intra-warpgroup pipeline of FlashAttention-3):
+//     issue S[j] = Q.K[j]^T;  issue O += P[j+1].V[j+1];  wait for S[j];
+//     softmax of S[j] (overlaps the P.V product);  wait for P.V;  rescale O;  P[j] = S[j]
+// and the two consumer warpgroups take turns issuing their products (ping-pong): while one
+// warpgroup's wgmmas run, the other is in its softmax.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+
+#include "common/cute_utils.h"
+#include "common/mask.h"
+#include "fwd_sm90_softmax.h"
+#include "fwd_sm90_traits.h"
+
+namespace fa::sm90 {
+
+using namespace cute;
+
+// Named barriers (id 0 is __syncthreads).  Each consumer warpgroup waits on its own scheduling
+// barrier before issuing its products and then releases the other warpgroup's.
+enum NamedBarrierId : int { kSchedWg0 = 1, kSchedWg1 = 2, kEpilogueWg0 = 3, kEpilogueWg1 = 4 };
+
+CUTE_DEVICE void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+CUTE_DEVICE void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+// acc (+)= A.B over all k slices as one wgmma batch; waits until at most kWait batches of this
+// warpgroup are still in flight (kWait < 0: no wait).
+template <bool kZeroInit, int kWait, class TiledMma, class TA, class TB, class TC>
+CUTE_DEVICE void wgmma(TiledMma& tiled_mma, TA const& tCrA, TB const& tCrB, TC& tCrC) {
+  // A from registers (P), or shared-memory descriptors (Q).
+  constexpr bool kARegisters = !is_same_v<typename TA::engine_type::iterator, GMMA::DescriptorIterator>;
+  if constexpr (kARegisters) warpgroup_fence_operand(const_cast<TA&>(tCrA));
+  warpgroup_fence_operand(tCrC);
+  warpgroup_arrive();
+  if constexpr (kZeroInit) tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
+  CUTE_UNROLL
+  for (int k = 0; k < size<2>(tCrA); ++k) {
+    cute::gemm(tiled_mma, tCrA(_, _, k), tCrB(_, _, k), tCrC);
+    tiled_mma.accumulate_ = GMMA::ScaleOut::One;
+  }
+  warpgroup_commit_batch();
+  if constexpr (kWait >= 0) warpgroup_wait<kWait>();
+  warpgroup_fence_operand(tCrC);
+  if constexpr (kARegisters) warpgroup_fence_operand(const_cast<TA&>(tCrA));
+}
+
+// Range of key blocks [min, max) a query tile must visit.
+struct BlockRange {
+  int min, max;
+};
+
+template <class Traits, bool Is_local>
+CUTE_DEVICE BlockRange key_blocks(int m_block, int seqlen_q, KeyRange const& keys) {
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
+  BlockRange r{0, ceil_div(keys.seqlen_k, kBlockN)};
+  if constexpr (Is_local) {
+    const int row_begin = m_block * kBlockM;
+    const int last_row = min(seqlen_q, row_begin + kBlockM) - 1;
+    r.min = keys.lo(row_begin) / kBlockN;
+    const int hi = keys.hi(last_row);
+    r.max = min(r.max, hi <= 0 ? 0 : ceil_div(hi, kBlockN));
+  }
+  return r;
+}
+
+// The TMA loads of one tile, issued by a single thread: the producer warpgroup's first thread, or
+// (in the ablation without warp specialisation) the first consumer thread between its products.
+// Rows past seqlen (Q, K and V alike) are zero-filled by the TMA unit.
+template <class Traits>
+struct TileLoader {
+  using Pipeline = typename Traits::Pipeline;
+  static constexpr int kRows = Traits::kRowsPerWarpgroup;
+  static constexpr int kBlockN = Traits::kBlockN;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+
+  FwdArgs<Traits> const& args;
+  typename Traits::SharedStorage& smem;
+  Pipeline& pipeline_k;
+  Pipeline& pipeline_v;
+  int m_block, head, batch;
+  typename Traits::PipelineState state_k = cutlass::make_producer_start_state<Pipeline>();
+  typename Traits::PipelineState state_v = cutlass::make_producer_start_state<Pipeline>();
+
+  CUTE_DEVICE void load_q() {
+    Tensor mQ = args.tma_q.get_tma_tensor(make_shape(args.seqlen_q, int32_t(kHeadDim), args.heads_q, args.batch));
+    Tensor gQ = local_tile(mQ(_, _, head, batch), Shape<Int<kRows>, Int<kHeadDim>>{}, make_coord(_, _0{}));  // (64, D, m)
+    auto tma_q = args.tma_q.get_slice(_0{});
+    cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(
+        &smem.barrier_q, Traits::kTmaBytesQ * Traits::kConsumerWarpgroups);
+    CUTE_UNROLL
+    for (int w = 0; w < Traits::kConsumerWarpgroups; ++w) {
+      Tensor sQ = make_tensor(make_smem_ptr(smem.q[w].data()), typename Traits::SmemLayoutQ{});
+      copy(args.tma_q.with(smem.barrier_q), tma_q.partition_S(gQ)(_, _, _, m_block * Traits::kConsumerWarpgroups + w),
+           tma_q.partition_D(sQ));
+    }
+  }
+
+  // K and V of key block n into the next free stages (waits until both warpgroups released them).
+  CUTE_DEVICE void load_kv(int n) {
+    const int head_kv = head / (args.heads_q / args.heads_kv);
+    auto load = [&](auto const& tma, auto* smem_ptr, Pipeline& pipeline, auto& state) {
+      Tensor m = tma.get_tma_tensor(make_shape(args.seqlen_k, int32_t(kHeadDim), args.heads_kv, args.batch));
+      Tensor g = local_tile(m(_, _, head_kv, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+      Tensor sm = make_tensor(make_smem_ptr(smem_ptr), typename Traits::SmemLayoutKV{});
+      auto thr = tma.get_slice(_0{});
+      pipeline.producer_acquire(state);
+      copy(tma.with(*pipeline.producer_get_barrier(state)), thr.partition_S(g)(_, _, _, n),
+           thr.partition_D(sm)(_, _, _, state.index()));
+      ++state;
+    };
+    load(args.tma_k, smem.k.data(), pipeline_k, state_k);
+    load(args.tma_v, smem.v.data(), pipeline_v, state_v);
+  }
+};
+
+// Consumer: one warpgroup's 64 query rows against every key block.  Leaves the unnormalised
+// output in acc_o and the softmax statistics in softmax.  released_v(n) runs once V of block n is
+// no longer read by this warpgroup (the hook of the loads without warp specialisation).
+template <class Traits, class Schedule, bool Is_local, bool Is_softcap, class AccO, class Softmax, class OnRelease>
+CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::SharedStorage& smem,
+                              typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                              int warpgroup, int thread, int row0, BlockRange blocks, KeyRange const& keys,
+                              AccO& acc_o, Softmax& softmax, OnRelease&& released_v) {
+  constexpr int kRows = Traits::kRowsPerWarpgroup;
+  constexpr int kBlockN = Traits::kBlockN;
+  using Element = typename Traits::Element;
+
+  typename Traits::TiledMmaQK mma_qk;
+  typename Traits::TiledMmaPV mma_pv;
+  auto thr_qk = mma_qk.get_thread_slice(thread);
+  auto thr_pv = mma_pv.get_thread_slice(thread);
+
+  Tensor sQ = make_tensor(make_smem_ptr(smem.q[warpgroup].data()), typename Traits::SmemLayoutQ{});
+  Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKV{});
+  Tensor sVt = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutVt{});
+  Tensor tSrQ = thr_qk.partition_fragment_A(sQ);  // smem descriptors
+  Tensor tSrK = thr_qk.partition_fragment_B(sK);  // (MMA, MMA_N, MMA_K, stage)
+  Tensor tOrV = thr_pv.partition_fragment_B(sVt);
+  Tensor tScS = thr_qk.partition_C(make_identity_tensor(Shape<Int<kRows>, Int<kBlockN>>{}));
+  Tensor tScS_rc = make_tensor(tScS.data(), acc_to_rowcol(tScS.layout()));
+  Tensor acc_o_rc = make_tensor(acc_o.data(), acc_to_rowcol(acc_o.layout()));
+
+  const int sched_mine = warpgroup == 0 ? kSchedWg0 : kSchedWg1;
+  const int sched_other = warpgroup == 0 ? kSchedWg1 : kSchedWg0;
+  constexpr int kSchedThreads = 2 * 128;
+  // Without ping-pong (an ablation) both warpgroups issue whenever they are ready.
+  auto sched_wait = [&] {
+    if constexpr (Schedule::kPingPong) named_barrier_sync(sched_mine, kSchedThreads);
+  };
+  // The second warpgroup gives the first an extra turn at the start, so it skips its last release.
+  auto sched_release = [&](bool last) {
+    if constexpr (Schedule::kPingPong) {
+      if (!(last && warpgroup == 1)) named_barrier_arrive(sched_other, kSchedThreads);
+    }
+  };
+  if constexpr (Schedule::kPingPong) {
+    if (warpgroup == 1) named_barrier_arrive(kSchedWg0, kSchedThreads);
+  }
+
+  const float tanh_scale = Is_softcap ? args.scale / args.softcap : 1.f;
+  const int last_row = min(args.seqlen_q, row0 + kRows) - 1;
+  // Scores of block n: softcap, then the mask where the block crosses the sequence end or a
+  // diagonal of this warpgroup's rows.
+  auto prepare_scores = [&](auto& acc_s, int n) {
+    Tensor s = make_tensor(acc_s.data(), acc_to_rowcol(acc_s.layout()));
+    if constexpr (Is_softcap) {
+      CUTE_UNROLL
+      for (int i = 0; i < size(s); ++i) s(i) = tanhf(s(i) * tanh_scale);
+    }
+    const int col0 = n * kBlockN;
+    bool need_mask = col0 + kBlockN > keys.seqlen_k;
+    if constexpr (Is_local) {
+      need_mask = need_mask || col0 + kBlockN > keys.hi(row0) || col0 < keys.lo(last_row);
+    }
+    if (need_mask) mask_scores<Is_local>(s, tScS_rc, row0, col0, keys);
+    return s;
+  };
+
+  typename Traits::PipelineState state_k, state_v;
+  cutlass::arch::ClusterTransactionBarrier::wait(&smem.barrier_q, 0);
+
+  // First block: S only.
+  int n = blocks.max - 1;
+  Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kRows>, Int<kBlockN>>{});
+  pipeline_k.consumer_wait(state_k);
+  sched_wait();
+  wgmma<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
+  sched_release(false);
+  warpgroup_wait<0>();
+  pipeline_k.consumer_release(state_k);
+  ++state_k;
+  {
+    Tensor s = prepare_scores(acc_s, n);
+    softmax.template step<true>(s);
+  }
+  Tensor rP = make_tensor_like<Element>(acc_s);
+  Tensor tOrP = make_tensor(rP.data(), acc_to_a_operand(rP.layout()));
+  copy(convert_type<Element>(acc_s), rP);
+
+  if constexpr (!Schedule::kIntraWgOverlap) {  // ablation: S, softmax and P.V one after the other
+  for (--n; n >= blocks.min; --n) {
+    pipeline_v.consumer_wait(state_v);
+    sched_wait();
+    wgmma<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+    sched_release(false);
+    warpgroup_wait<0>();
+    pipeline_v.consumer_release(state_v);
+    ++state_v;
+    released_v(n + 1);
+    pipeline_k.consumer_wait(state_k);
+    sched_wait();
+    wgmma<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
+    sched_release(false);
+    warpgroup_wait<0>();
+    pipeline_k.consumer_release(state_k);
+    ++state_k;
+    Tensor s = prepare_scores(acc_s, n);
+    softmax.template step<false>(s);
+    softmax.rescale_output(acc_o_rc);
+    copy(convert_type<Element>(acc_s), rP);
+  }
+  } else {
+  for (--n; n >= blocks.min; --n) {
+    Tensor acc_s_next = partition_fragment_C(mma_qk, Shape<Int<kRows>, Int<kBlockN>>{});
+    pipeline_k.consumer_wait(state_k);
+    sched_wait();
+    wgmma<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s_next);
+    pipeline_v.consumer_wait(state_v);
+    wgmma<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+    sched_release(false);
+    warpgroup_wait<1>();  // S is done; P.V may still run
+    pipeline_k.consumer_release(state_k);
+    ++state_k;
+    Tensor s = prepare_scores(acc_s_next, n);
+    softmax.template step<false>(s);
+    warpgroup_wait<0>();
+    pipeline_v.consumer_release(state_v);
+    ++state_v;
+    released_v(n + 1);
+    softmax.rescale_output(acc_o_rc);
+    copy(convert_type<Element>(acc_s_next), rP);
+  }
+  }
+
+  // Last block's P.V.
+  pipeline_v.consumer_wait(state_v);
+  sched_wait();
+  wgmma<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+  sched_release(true);
+  warpgroup_wait<0>();
+  pipeline_v.consumer_release(state_v);
+}
+
+}  // namespace fa::sm90

@@ -1,0 +1,120 @@
+// Kernel traits of the SM90 forward (FlashAttention-3 design): tile shapes, warpgroup roles,
+// shared-memory layouts, the wgmma tiles and the TMA copy types.
+//
+// One CTA owns a 128-row query tile split between two consumer warpgroups of 64 rows each; each
+// warpgroup has its own half of Q in shared memory (so its output can be staged there while the
+// other warpgroup still reads its own half), and both read the same K/V pipeline stages.  A third
+// warpgroup only issues TMA loads.
+#pragma once
+
+// wgmma takes any N that is a multiple of 8; CuTe's op selectors consider the shapes outside
+// powers of two (the 80-key tiles of head dim 256) only when asked.
+#ifndef CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
+#define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
+#endif
+
+#include <cute/tensor.hpp>  // first: the atom headers below assume it
+#include <cute/atom/copy_traits_sm90_tma.hpp>
+#include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cutlass/numeric_types.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include <type_traits>
+
+namespace fa::sm90 {
+
+using namespace cute;
+
+template <int kHeadDim_, int kBlockN_, int kStages_, typename Element_>
+struct FwdTraits {
+  using Element = Element_;
+  using ElementAccum = float;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockN = kBlockN_;
+  static constexpr int kStages = kStages_;
+  static constexpr int kRowsPerWarpgroup = 64;  // one wgmma M extent
+  static constexpr int kConsumerWarpgroups = 2;
+  static constexpr int kBlockM = kRowsPerWarpgroup * kConsumerWarpgroups;
+  static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
+  static constexpr int kThreads = 128 + kConsumerThreads;  // producer warpgroup first
+  // The producer needs a handful of registers; consumers hold S, P and O accumulators.
+  static constexpr int kProducerRegisters = 24;
+  static constexpr int kConsumerRegisters = 240;
+  static_assert(kHeadDim % 32 == 0 && kBlockN % 16 == 0);
+
+  using TileQK = Shape<Int<kRowsPerWarpgroup>, Int<kBlockN>, Int<kHeadDim>>;  // S = Q.K^T
+  using TilePV = Shape<Int<kRowsPerWarpgroup>, Int<kHeadDim>, Int<kBlockN>>;  // O += P.V
+  // Both operands of S from shared memory; P of O += P.V straight from the softmax registers,
+  // V read as its transpose (head dim contiguous, so MN-major for this product).
+  using TiledMmaQK = decltype(make_tiled_mma(GMMA::ss_op_selector<Element, Element, ElementAccum, TileQK>()));
+  using TiledMmaPV = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, ElementAccum, TilePV, GMMA::Major::K, GMMA::Major::MN>()));
+
+  // 128-byte swizzled rows when the head dim allows (64 elements), else 64-byte rows.
+  using SmemAtom = std::conditional_t<kHeadDim % 64 == 0, GMMA::Layout_K_SW128_Atom<Element>,
+                                      GMMA::Layout_K_SW64_Atom<Element>>;
+  using SmemLayoutQ = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kRowsPerWarpgroup>, Int<kHeadDim>>{}));
+  using SmemLayoutKV = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockN>, Int<kHeadDim>, Int<kStages>>{}));
+  // V as (head dim, keys, stage): the same bytes, modes swapped.
+  using SmemLayoutVt = decltype(composition(
+      SmemLayoutKV{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
+  using SmemLayoutO = SmemLayoutQ;  // a warpgroup's output is staged over its own half of Q
+
+  // Global tensors as TMA sees them: (seqlen, head dim, heads, batch).
+  using ShapeQKV = Shape<int32_t, int32_t, int32_t, int32_t>;
+  using StrideQKV = Stride<int64_t, _1, int64_t, int64_t>;
+  using LayoutQKV = Layout<ShapeQKV, StrideQKV>;
+  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), LayoutQKV{}),
+                                      SmemLayoutQ{}, Shape<Int<kRowsPerWarpgroup>, Int<kHeadDim>>{}, _1{}));
+  using TmaKV = decltype(make_tma_copy(SM90_TMA_LOAD{}, make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), LayoutQKV{}),
+                                       take<0, 2>(SmemLayoutKV{}), Shape<Int<kBlockN>, Int<kHeadDim>>{}, _1{}));
+  using TmaO = decltype(make_tma_copy(SM90_TMA_STORE{}, make_tensor(make_gmem_ptr(static_cast<Element*>(nullptr)), LayoutQKV{}),
+                                      SmemLayoutO{}, Shape<Int<kRowsPerWarpgroup>, Int<kHeadDim>>{}, _1{}));
+
+  static constexpr uint32_t kTmaBytesQ = kRowsPerWarpgroup * kHeadDim * sizeof(Element);
+  static constexpr uint32_t kTmaBytesKV = kBlockN * kHeadDim * sizeof(Element);
+
+  using Pipeline = cutlass::PipelineTmaAsync<kStages>;
+  using PipelineState = typename Pipeline::PipelineState;
+
+  struct SharedStorage {
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q[kConsumerWarpgroups];
+    cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> k;
+    cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> v;
+    alignas(16) uint64_t barrier_q;
+    typename Pipeline::SharedStorage pipeline_k;
+    typename Pipeline::SharedStorage pipeline_v;
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in an SM90 CTA's shared memory");
+};
+
+// Which of FlashAttention-3's scheduling ideas a kernel instance uses (all of them, except in the
+// ablation instances that measure what each one is worth).
+template <bool kPingPong_ = true, bool kIntraWgOverlap_ = true, bool kWarpSpecialized_ = true>
+struct Schedule {
+  static constexpr bool kPingPong = kPingPong_;              // warpgroups take turns on the tensor cores
+  static constexpr bool kIntraWgOverlap = kIntraWgOverlap_;  // softmax of S[j] under P[j+1].V[j+1]
+  // A producer warpgroup that only loads.  Without it the first consumer thread issues the loads
+  // between its own products, and ping-pong is off (that thread may wait for the other warpgroup
+  // to free a stage, which would deadlock with the turn-taking).
+  static constexpr bool kWarpSpecialized = kWarpSpecialized_;
+  static_assert(kWarpSpecialized || !kPingPong);
+};
+using FullSchedule = Schedule<>;
+
+// Everything the kernel reads, passed as one __grid_constant__ argument (the TMA descriptors must
+// live in parameter, constant or global memory).
+template <class Traits>
+struct FwdArgs {
+  typename Traits::TmaQ tma_q;
+  typename Traits::TmaKV tma_k;
+  typename Traits::TmaKV tma_v;
+  typename Traits::TmaO tma_o;
+  float* lse;
+  int32_t batch, heads_q, heads_kv, seqlen_q, seqlen_k;
+  float scale, softcap;
+  int32_t window_left, window_right, bottom_right;
+};
+
+}  // namespace fa::sm90
