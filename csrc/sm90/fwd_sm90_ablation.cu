@@ -10,7 +10,8 @@
 
 namespace {
 
-using Traits = fa::sm90::FwdConfig<128, cutlass::bfloat16_t>::Traits;
+template <bool Is_local>
+using Traits = typename fa::sm90::FwdConfig<128, cutlass::bfloat16_t, Is_local>::Traits;
 
 }  // namespace
 
@@ -26,17 +27,17 @@ extern "C" FA_EXPORT int fa_fwd_sm90_ablation(const FaFwdParams* params, int var
   const bool causal = params->window_right >= 0;
   switch (variant) {
     case 0:
-      return causal ? launch<Traits, FullSchedule, true, false>(*params, stream)
-                    : launch<Traits, FullSchedule, false, false>(*params, stream);
+      return causal ? launch<Traits<true>, FullSchedule, true, false>(*params, stream)
+                    : launch<Traits<false>, FullSchedule, false, false>(*params, stream);
     case 1:
-      return causal ? launch<Traits, Schedule<false, true, true>, true, false>(*params, stream)
-                    : launch<Traits, Schedule<false, true, true>, false, false>(*params, stream);
+      return causal ? launch<Traits<true>, Schedule<false, true, true>, true, false>(*params, stream)
+                    : launch<Traits<false>, Schedule<false, true, true>, false, false>(*params, stream);
     case 2:
-      return causal ? launch<Traits, Schedule<true, false, true>, true, false>(*params, stream)
-                    : launch<Traits, Schedule<true, false, true>, false, false>(*params, stream);
+      return causal ? launch<Traits<true>, Schedule<true, false, true>, true, false>(*params, stream)
+                    : launch<Traits<false>, Schedule<true, false, true>, false, false>(*params, stream);
     case 3:
-      return causal ? launch<Traits, Schedule<false, true, false>, true, false>(*params, stream)
-                    : launch<Traits, Schedule<false, true, false>, false, false>(*params, stream);
+      return causal ? launch<Traits<true>, Schedule<false, true, false>, true, false>(*params, stream)
+                    : launch<Traits<false>, Schedule<false, true, false>, false, false>(*params, stream);
     default:
       fa::set_last_error("fa_fwd_sm90_ablation: variant " + std::to_string(variant) + " is not 0..3");
       return FA_ERR_INVALID_ARGUMENT;

@@ -7,7 +7,7 @@ namespace fa::sm90 {
 
 template <>
 int run_fwd_sm90<128, FA_FP16>(const FaFwdParams& params, cudaStream_t stream) {
-  return run_fwd<FwdConfig<128, cutlass::half_t>::Traits>(params, stream);
+  return run_fwd<128, cutlass::half_t>(params, stream);
 }
 
 }  // namespace fa::sm90

@@ -7,7 +7,7 @@ namespace fa::sm90 {
 
 template <>
 int run_fwd_sm90<256, FA_BF16>(const FaFwdParams& params, cudaStream_t stream) {
-  return run_fwd<FwdConfig<256, cutlass::bfloat16_t>::Traits>(params, stream);
+  return run_fwd<256, cutlass::bfloat16_t>(params, stream);
 }
 
 }  // namespace fa::sm90

@@ -8,6 +8,7 @@
 #include "common/error.h"
 #include "common/fa_params.h"
 #include "common/static_switch.h"
+#include "fwd_sm90_config.h"
 #include "fwd_sm90_kernel.h"
 
 namespace fa::sm90 {
@@ -64,11 +65,12 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
   return check_launch("fa_fwd_sm90 launch");
 }
 
-template <typename Traits, class Schedule = FullSchedule>
+template <int kHeadDim, typename Element, class Schedule = FullSchedule>
 int run_fwd(const FaFwdParams& params, cudaStream_t stream) {
   const bool local = params.window_left >= 0 || params.window_right >= 0;
   const bool softcap = params.softcap > 0.f;
   return FA_BOOL_SWITCH(local, Is_local, [&] {
+    using Traits = typename FwdConfig<kHeadDim, Element, Is_local>::Traits;
     return FA_BOOL_SWITCH(softcap, Is_softcap, [&] { return launch<Traits, Schedule, Is_local, Is_softcap>(params, stream); });
   });
 }

@@ -4,8 +4,8 @@
 // need masking come first and the rest run unmasked.
 //
 // Consumer schedule per key block j (the intra-warpgroup pipeline of FlashAttention-3):
-//     issue S[j] = Q.K[j]^T;  issue O += P[j+1].V[j+1];  wait for S[j];
-//     softmax of S[j] (overlaps the P.V product);  wait for P.V;  rescale O;  P[j] = S[j]
+//     issue S[j] = Q.K[j]^T;  rescale O (for P[j+1]'s max);  issue O += P[j+1].V[j+1];
+//     wait for S[j];  softmax of S[j] (overlaps the P.V product);  wait for P.V;  P[j] = S[j]
 // and the two consumer warpgroups take turns issuing their products (ping-pong): while one
 // warpgroup's wgmmas run, the other is in its softmax.
 #pragma once
@@ -208,48 +208,51 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
   copy(convert_type<Element>(acc_s), rP);
 
   if constexpr (!Schedule::kIntraWgOverlap) {  // ablation: S, softmax and P.V one after the other
-  for (--n; n >= blocks.min; --n) {
-    pipeline_v.consumer_wait(state_v);
-    sched_wait();
-    wgmma<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
-    sched_release(false);
-    warpgroup_wait<0>();
-    pipeline_v.consumer_release(state_v);
-    ++state_v;
-    released_v(n + 1);
-    pipeline_k.consumer_wait(state_k);
-    sched_wait();
-    wgmma<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
-    sched_release(false);
-    warpgroup_wait<0>();
-    pipeline_k.consumer_release(state_k);
-    ++state_k;
-    Tensor s = prepare_scores(acc_s, n);
-    softmax.template step<false>(s);
-    softmax.rescale_output(acc_o_rc);
-    copy(convert_type<Element>(acc_s), rP);
-  }
+    for (--n; n >= blocks.min; --n) {
+      pipeline_v.consumer_wait(state_v);
+      sched_wait();
+      wgmma<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+      sched_release(false);
+      warpgroup_wait<0>();
+      pipeline_v.consumer_release(state_v);
+      ++state_v;
+      released_v(n + 1);
+      pipeline_k.consumer_wait(state_k);
+      sched_wait();
+      wgmma<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
+      sched_release(false);
+      warpgroup_wait<0>();
+      pipeline_k.consumer_release(state_k);
+      ++state_k;
+      Tensor s = prepare_scores(acc_s, n);
+      softmax.template step<false>(s);
+      softmax.rescale_output(acc_o_rc);
+      copy(convert_type<Element>(acc_s), rP);
+    }
   } else {
-  for (--n; n >= blocks.min; --n) {
-    Tensor acc_s_next = partition_fragment_C(mma_qk, Shape<Int<kRows>, Int<kBlockN>>{});
-    pipeline_k.consumer_wait(state_k);
-    sched_wait();
-    wgmma<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s_next);
-    pipeline_v.consumer_wait(state_v);
-    wgmma<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
-    sched_release(false);
-    warpgroup_wait<1>();  // S is done; P.V may still run
-    pipeline_k.consumer_release(state_k);
-    ++state_k;
-    Tensor s = prepare_scores(acc_s_next, n);
-    softmax.template step<false>(s);
-    warpgroup_wait<0>();
-    pipeline_v.consumer_release(state_v);
-    ++state_v;
-    released_v(n + 1);
+    for (--n; n >= blocks.min; --n) {
+      Tensor acc_s_next = partition_fragment_C(mma_qk, Shape<Int<kRows>, Int<kBlockN>>{});
+      pipeline_k.consumer_wait(state_k);
+      sched_wait();
+      wgmma<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s_next);
+      // O holds blocks after n + 1 at the max before block n + 1: bring it to P[n+1]'s max while
+      // S runs, not between the products.
+      softmax.rescale_output(acc_o_rc);
+      pipeline_v.consumer_wait(state_v);
+      wgmma<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
+      sched_release(false);
+      warpgroup_wait<1>();  // S is done; P.V may still run
+      pipeline_k.consumer_release(state_k);
+      ++state_k;
+      Tensor s = prepare_scores(acc_s_next, n);
+      softmax.template step<false>(s);
+      warpgroup_wait<0>();  // P.V has read P: it may be overwritten
+      pipeline_v.consumer_release(state_v);
+      ++state_v;
+      released_v(n + 1);
+      copy(convert_type<Element>(acc_s_next), rP);
+    }
     softmax.rescale_output(acc_o_rc);
-    copy(convert_type<Element>(acc_s_next), rP);
-  }
   }
 
   // Last block's P.V.
