@@ -1,6 +1,7 @@
-// Tile shape per head dim: 128 query rows per CTA (two consumer warpgroups of 64), K/V tiles as
-// wide as the 240 registers of a consumer thread allow (the next S, P and O live at once), two
-// pipeline stages, all within an SM90 CTA's 227 KB of shared memory.  Without a mask wider key
+// Tile shape per head dim: 128 query rows per CTA (two consumer warpgroups of 64; three, 192 rows,
+// for head dim 64, whose softmax is as long as its products), K/V tiles as wide as the registers
+// of a consumer thread allow (the next S, P and O live at once), two pipeline stages, all within an
+// SM90 CTA's 227 KB of shared memory.  Without a mask wider key
 // tiles amortise each block's fixed costs (row max shuffles, barriers); with a causal or window
 // mask narrower ones waste less on the diagonal.
 #pragma once
@@ -10,7 +11,7 @@
 namespace fa::sm90 {
 
 template <int kHeadDim, typename Element, bool Is_local> struct FwdConfig;
-template <typename E, bool L> struct FwdConfig<64, E, L> { using Traits = FwdTraits<64, L ? 128 : 192, 2, E>; };
+template <typename E, bool L> struct FwdConfig<64, E, L> { using Traits = FwdTraits<64, 128, 2, E, 3>; };
 template <typename E, bool L> struct FwdConfig<96, E, L> { using Traits = FwdTraits<96, 128, 2, E>; };
 template <typename E, bool L> struct FwdConfig<128, E, L> { using Traits = FwdTraits<128, L ? 128 : 176, 2, E>; };
 template <typename E, bool L> struct FwdConfig<192, E, L> { using Traits = FwdTraits<192, 96, 2, E>; };

@@ -1,6 +1,7 @@
 // Epilogue of the SM90 forward: one normalisation of each warpgroup's output rows, lse, and the
 // store through shared memory (stmatrix) and one TMA bulk store per warpgroup, which also clips
-// the rows past seqlen_q.
+// the rows past seqlen_q.  The output is staged over the warpgroup's part of Q; once the store has
+// read it, the warpgroup arrives on barrier_q_free so the producer may load the next tile's Q.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -57,7 +58,7 @@ CUTE_DEVICE void store_tile(FwdArgs<Traits> const& args, typename Traits::Shared
   copy(smem_copy, smem_thr_copy.retile_S(rO), smem_thr_copy.partition_D(sO));
   // stmatrix writes through the generic proxy; the TMA store reads through the async proxy.
   cutlass::arch::fence_view_async_shared();
-  named_barrier_sync(warpgroup == 0 ? kEpilogueWg0 : kEpilogueWg1, 128);
+  named_barrier_sync(epilogue_barrier<Traits>(warpgroup), 128);
   if (thread == 0) {
     Tensor mO = args.tma_o.get_tma_tensor(make_shape(args.seqlen_q, kHeadDim, args.heads_q, args.batch));
     Tensor gO = local_tile(mO(_, _, head, batch), Shape<Int<kRows>, Int<kHeadDim>>{}, make_coord(_, _0{}));
@@ -65,6 +66,7 @@ CUTE_DEVICE void store_tile(FwdArgs<Traits> const& args, typename Traits::Shared
     copy(args.tma_o, tma_o.partition_S(sO), tma_o.partition_D(gO)(_, _, _, row0 / kRows));
     tma_store_arrive();
     tma_store_wait<0>();  // shared memory must stay valid until the store has read it
+    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free);  // the next tile's Q may come
   }
 }
 
@@ -82,7 +84,7 @@ CUTE_DEVICE void store_empty_tile(FwdArgs<Traits> const& args, typename Traits::
     if (row0 + r < args.seqlen_q) lse_ptr[row0 + r] = -INFINITY;
   }
   cutlass::arch::fence_view_async_shared();
-  named_barrier_sync(warpgroup == 0 ? kEpilogueWg0 : kEpilogueWg1, 128);
+  named_barrier_sync(epilogue_barrier<Traits>(warpgroup), 128);
   if (thread == 0) {
     Tensor sOt = make_tensor(make_smem_ptr(sO), typename Traits::SmemLayoutO{});
     Tensor mO = args.tma_o.get_tma_tensor(make_shape(args.seqlen_q, kHeadDim, args.heads_q, args.batch));
@@ -91,6 +93,7 @@ CUTE_DEVICE void store_empty_tile(FwdArgs<Traits> const& args, typename Traits::
     copy(args.tma_o, tma_o.partition_S(sOt), tma_o.partition_D(gO)(_, _, _, row0 / kRows));
     tma_store_arrive();
     tma_store_wait<0>();
+    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free);
   }
 }
 

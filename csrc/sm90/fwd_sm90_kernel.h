@@ -1,6 +1,6 @@
-// The SM90 forward kernel: warp-specialised (one producer warpgroup issuing TMA loads, two
-// consumer warpgroups running wgmma and the softmax), registers moved from the producer to the
-// consumers with setmaxnreg.  One CTA per (128-row query tile, head, batch).
+// The SM90 forward kernel: persistent (one CTA per SM walks the tiles of TileScheduler) and
+// warp-specialised (one producer warpgroup issuing TMA loads, consumer warpgroups running wgmma
+// and the softmax), registers moved from the producer to the consumers with setmaxnreg.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -28,27 +28,24 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
     fa_fwd_sm90_kernel(CUTE_GRID_CONSTANT FwdArgs<Traits> const args) {
   using SharedStorage = typename Traits::SharedStorage;
   using Pipeline = typename Traits::Pipeline;
+  using Barrier = cutlass::arch::ClusterBarrier;
   constexpr bool kWarpSpecialized = Schedule::kWarpSpecialized;
   extern __shared__ __align__(1024) char smem_raw[];
   SharedStorage& smem = *reinterpret_cast<SharedStorage*>(smem_raw);
 
   const int warpgroup_idx = cutlass::canonical_warp_group_idx();
   const bool is_producer = kWarpSpecialized && warpgroup_idx == 0;
-  // With a causal/window mask, later query tiles see more keys: start those first.
-  const int m_block = Is_local ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
-  const int head = blockIdx.y;
-  const int batch = blockIdx.z;
   const KeyRange keys{args.seqlen_k, args.bottom_right ? args.seqlen_k - args.seqlen_q : 0, args.window_left,
                       args.window_right};
-  const BlockRange blocks = key_blocks<Traits, Is_local>(m_block, args.seqlen_q, keys);
-  const bool empty = blocks.max <= blocks.min;
+  const TileScheduler<Traits, Is_local> scheduler(args);
 
   if (threadIdx.x == 0) {
     prefetch_tma_descriptor(args.tma_q.get_tma_descriptor());
     prefetch_tma_descriptor(args.tma_k.get_tma_descriptor());
     prefetch_tma_descriptor(args.tma_v.get_tma_descriptor());
     prefetch_tma_descriptor(args.tma_o.get_tma_descriptor());
-    cutlass::arch::ClusterTransactionBarrier::init(&smem.barrier_q, 1);
+    Barrier::init(&smem.barrier_q, 1);
+    Barrier::init(&smem.barrier_q_free, Traits::kConsumerWarpgroups);
   }
   typename Pipeline::Params pipe_params;
   pipe_params.role = is_producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
@@ -59,12 +56,15 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
   Pipeline pipeline_v(smem.pipeline_v, pipe_params, Shape<_1, _1, _1>{});
   __syncthreads();  // barriers initialised before anyone waits on them
 
-  TileLoader<Traits> loader{args, smem, pipeline_k, pipeline_v, m_block, head, batch};
+  TileLoader<Traits> loader{args, smem, pipeline_k, pipeline_v};
   if (is_producer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
-    if (threadIdx.x == 0 && !empty) {
-      loader.load_q();
-      for (int n = blocks.max - 1; n >= blocks.min; --n) loader.load_kv(n);
+    if (threadIdx.x == 0) {
+      int index = 0;
+      for (int t = blockIdx.x; t < scheduler.total; t += gridDim.x, ++index) {
+        const auto tile = scheduler.tile(t, args.seqlen_q, keys);
+        for (int n = loader.begin_tile(tile, index); n >= tile.blocks.min; --n) loader.load_kv(tile, n);
+      }
     }
     return;
   }
@@ -72,31 +72,35 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
   if constexpr (kWarpSpecialized) cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegisters>();
   const int warpgroup = kWarpSpecialized ? warpgroup_idx - 1 : warpgroup_idx;
   const int thread = threadIdx.x % 128;
-  const int row0 = m_block * Traits::kBlockM + warpgroup * Traits::kRowsPerWarpgroup;
-  if (empty) {
-    store_empty_tile<Traits>(args, smem, warpgroup, thread, head, batch, row0);
-    return;
-  }
-  // Without a producer, the first thread fills every stage up front, then refills each stage as
-  // soon as the block it held is done.
+  // Without a producer, the first thread loads the first stages of each tile and Q itself, then
+  // refills each stage as soon as the block it held is done.
   const bool self_loading = !kWarpSpecialized && threadIdx.x == 0;
-  if (self_loading) {
-    loader.load_q();
-    for (int n = blocks.max - 1; n >= max(blocks.min, blocks.max - Traits::kStages); --n) loader.load_kv(n);
-  }
-  auto released_v = [&](int n) {
-    if (self_loading && n - Traits::kStages >= blocks.min) loader.load_kv(n - Traits::kStages);
-  };
-
   // Softcap: x = cap * tanh(s * scale / cap); the exponent then works in units of cap.
   const float softmax_scale = Is_softcap ? args.softcap : args.scale;
-  typename Traits::TiledMmaPV mma_pv;
-  Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kRowsPerWarpgroup>, Int<Traits::kHeadDim>>{});
-  clear(acc_o);
-  OnlineSoftmax<2> softmax(softmax_scale * float(M_LOG2E));
-  compute_tile<Traits, Schedule, Is_local, Is_softcap>(args, smem, pipeline_k, pipeline_v, warpgroup, thread, row0,
-                                                       blocks, keys, acc_o, softmax, released_v);
-  store_tile<Traits>(args, smem, warpgroup, thread, head, batch, row0, softmax_scale, acc_o, softmax);
+  typename Traits::PipelineState state_k, state_v;
+
+  int index = 0;
+  for (int t = blockIdx.x; t < scheduler.total; t += gridDim.x, ++index) {
+    const auto tile = scheduler.tile(t, args.seqlen_q, keys);
+    const int row0 = tile.m_block * Traits::kBlockM + warpgroup * Traits::kRowsPerWarpgroup;
+    if (self_loading) loader.begin_tile(tile, index);
+    Barrier::wait(&smem.barrier_q, index & 1);
+    if (tile.empty()) {
+      store_empty_tile<Traits>(args, smem, warpgroup, thread, tile.head, tile.batch, row0);
+      continue;
+    }
+    auto released_v = [&](int n) {
+      if (self_loading && n - Traits::kStages >= tile.blocks.min) loader.load_kv(tile, n - Traits::kStages);
+    };
+    typename Traits::TiledMmaPV mma_pv;
+    Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kRowsPerWarpgroup>, Int<Traits::kHeadDim>>{});
+    clear(acc_o);
+    OnlineSoftmax<2> softmax(softmax_scale * float(M_LOG2E));
+    compute_tile<Traits, Schedule, Is_local, Is_softcap>(args, smem, pipeline_k, pipeline_v, state_k, state_v,
+                                                         warpgroup, thread, row0, tile.blocks, keys, acc_o, softmax,
+                                                         released_v);
+    store_tile<Traits>(args, smem, warpgroup, thread, tile.head, tile.batch, row0, softmax_scale, acc_o, softmax);
+  }
 }
 
 }  // namespace fa::sm90

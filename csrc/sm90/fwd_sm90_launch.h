@@ -20,6 +20,25 @@ inline void dense_if_unused(int64_t& head_stride, int64_t& batch_stride, int64_t
   if (batch_stride == 0) batch_stride = head_stride * heads;
 }
 
+// Multiprocessors of the current device (cached per device: the query costs more than a launch).
+inline int multiprocessor_count(int& count) {
+  constexpr int kMaxDevices = 64;
+  static int cached[kMaxDevices] = {};
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err == cudaSuccess && device < kMaxDevices && cached[device] > 0) {
+    count = cached[device];
+    return FA_OK;
+  }
+  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
+  if (err != cudaSuccess) {
+    set_last_error(std::string("fa_fwd_sm90: cannot query the device: ") + cudaGetErrorString(err));
+    return FA_ERR_CUDA;
+  }
+  if (device < kMaxDevices) cached[device] = count;
+  return FA_OK;
+}
+
 template <class Traits, class Ptr>
 auto qkv_tensor(Ptr ptr, int seqlen, int heads, int batch, int64_t row, int64_t head, int64_t bat) {
   dense_if_unused(head, bat, row, seqlen, heads);
@@ -60,7 +79,12 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
                    " bytes of shared memory: " + cudaGetErrorString(err));
     return FA_ERR_CUDA;
   }
-  dim3 grid((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, p.heads_q, p.batch);
+  // Persistent: one CTA per SM (each takes a whole SM's shared memory), or fewer for small calls.
+  const int64_t tiles = int64_t((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * p.heads_q * p.batch;
+  int sms = 0;
+  if (int status = multiprocessor_count(sms); status != FA_OK) return status;
+  FA_REQUIRE(tiles < (int64_t(1) << 31), FA_ERR_UNSUPPORTED, "fa_fwd_sm90: more than 2^31 query tiles");
+  const int grid = int(tiles < sms ? tiles : sms);
   kernel<<<grid, kernel_threads<Traits, Schedule>(), smem, stream>>>(args);
   return check_launch("fa_fwd_sm90 launch");
 }

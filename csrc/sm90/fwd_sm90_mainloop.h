@@ -22,9 +22,12 @@ namespace fa::sm90 {
 
 using namespace cute;
 
-// Named barriers (id 0 is __syncthreads).  Each consumer warpgroup waits on its own scheduling
-// barrier before issuing its products and then releases the other warpgroup's.
-enum NamedBarrierId : int { kSchedWg0 = 1, kSchedWg1 = 2, kEpilogueWg0 = 3, kEpilogueWg1 = 4 };
+// Named barriers (id 0 is __syncthreads): consumer warpgroup w waits on sched_barrier(w) before
+// issuing its products and then releases the next warpgroup's, in a ring; epilogue_barrier(w)
+// gathers one warpgroup before its output store.
+CUTE_DEVICE int sched_barrier(int warpgroup) { return 1 + warpgroup; }
+template <class Traits>
+CUTE_DEVICE int epilogue_barrier(int warpgroup) { return 1 + Traits::kConsumerWarpgroups + warpgroup; }
 
 CUTE_DEVICE void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
@@ -73,9 +76,41 @@ CUTE_DEVICE BlockRange key_blocks(int m_block, int seqlen_q, KeyRange const& key
   return r;
 }
 
-// The TMA loads of one tile, issued by a single thread: the producer warpgroup's first thread, or
-// (in the ablation without warp specialisation) the first consumer thread between its products.
-// Rows past seqlen (Q, K and V alike) are zero-filled by the TMA unit.
+// The persistent grid's tiles: CTA c takes tiles c, c + gridDim.x, ... of the order below, so
+// the tiles in flight at any time are neighbours in it.  Query tiles of one head are adjacent (they
+// share K and V in L2); with a causal or window mask each head's tiles run from the last (most
+// keys) to the first, so the long ones start early and the short ones fill the tail.
+template <class Traits, bool Is_local>
+struct TileScheduler {
+  int num_m_blocks, heads, total;
+
+  CUTE_DEVICE explicit TileScheduler(FwdArgs<Traits> const& args)
+      : num_m_blocks((args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM), heads(args.heads_q),
+        total(num_m_blocks * args.heads_q * args.batch) {}
+
+  struct Tile {
+    int m_block, head, batch;
+    BlockRange blocks;
+    CUTE_DEVICE bool empty() const { return blocks.max <= blocks.min; }
+  };
+
+  CUTE_DEVICE Tile tile(int t, int seqlen_q, KeyRange const& keys) const {
+    const int m = t % num_m_blocks;
+    const int head_batch = t / num_m_blocks;
+    Tile tile{Is_local ? num_m_blocks - 1 - m : m, head_batch % heads, head_batch / heads, {}};
+    tile.blocks = key_blocks<Traits, Is_local>(tile.m_block, seqlen_q, keys);
+    return tile;
+  }
+};
+
+// The TMA loads, issued by a single thread: the producer warpgroup's first thread, or (in the
+// ablation without warp specialisation) the first consumer thread between its products.  Rows past
+// seqlen (Q, K and V alike) are zero-filled by the TMA unit.
+//
+// Q of a tile goes where the previous tile's output was staged, so its load waits on barrier_q_free
+// (every consumer warpgroup's store has read its part); the first K/V stages of a tile are loaded
+// before that wait, under the previous tile's epilogue.  Every tile, empty or not, completes one
+// phase of barrier_q and one of barrier_q_free, so producer and consumers never drift apart.
 template <class Traits>
 struct TileLoader {
   using Pipeline = typename Traits::Pipeline;
@@ -87,30 +122,47 @@ struct TileLoader {
   typename Traits::SharedStorage& smem;
   Pipeline& pipeline_k;
   Pipeline& pipeline_v;
-  int m_block, head, batch;
   typename Traits::PipelineState state_k = cutlass::make_producer_start_state<Pipeline>();
   typename Traits::PipelineState state_v = cutlass::make_producer_start_state<Pipeline>();
 
-  CUTE_DEVICE void load_q() {
+  // The start of tile number `index` of this CTA: the first K/V stages, then Q.  Returns the next
+  // key block still to load.
+  template <class Tile>
+  CUTE_DEVICE int begin_tile(Tile const& tile, int index) {
+    int n = tile.blocks.max - 1;
+    for (; n >= max(tile.blocks.min, tile.blocks.max - Traits::kStages); --n) load_kv(tile, n);
+    if (index > 0) cutlass::arch::ClusterBarrier::wait(&smem.barrier_q_free, (index - 1) & 1);
+    if (tile.empty()) {
+      cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q);
+    } else {
+      load_q(tile);
+    }
+    return n;
+  }
+
+  template <class Tile>
+  CUTE_DEVICE void load_q(Tile const& tile) {
     Tensor mQ = args.tma_q.get_tma_tensor(make_shape(args.seqlen_q, int32_t(kHeadDim), args.heads_q, args.batch));
-    Tensor gQ = local_tile(mQ(_, _, head, batch), Shape<Int<kRows>, Int<kHeadDim>>{}, make_coord(_, _0{}));  // (64, D, m)
+    Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch), Shape<Int<kRows>, Int<kHeadDim>>{},
+                           make_coord(_, _0{}));  // (64, D, m)
     auto tma_q = args.tma_q.get_slice(_0{});
     cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(
         &smem.barrier_q, Traits::kTmaBytesQ * Traits::kConsumerWarpgroups);
     CUTE_UNROLL
     for (int w = 0; w < Traits::kConsumerWarpgroups; ++w) {
       Tensor sQ = make_tensor(make_smem_ptr(smem.q[w].data()), typename Traits::SmemLayoutQ{});
-      copy(args.tma_q.with(smem.barrier_q), tma_q.partition_S(gQ)(_, _, _, m_block * Traits::kConsumerWarpgroups + w),
-           tma_q.partition_D(sQ));
+      copy(args.tma_q.with(smem.barrier_q),
+           tma_q.partition_S(gQ)(_, _, _, tile.m_block * Traits::kConsumerWarpgroups + w), tma_q.partition_D(sQ));
     }
   }
 
-  // K and V of key block n into the next free stages (waits until both warpgroups released them).
-  CUTE_DEVICE void load_kv(int n) {
-    const int head_kv = head / (args.heads_q / args.heads_kv);
+  // K and V of key block n into the next free stages (waits until every warpgroup released them).
+  template <class Tile>
+  CUTE_DEVICE void load_kv(Tile const& tile, int n) {
+    const int head_kv = tile.head / (args.heads_q / args.heads_kv);
     auto load = [&](auto const& tma, auto* smem_ptr, Pipeline& pipeline, auto& state) {
       Tensor m = tma.get_tma_tensor(make_shape(args.seqlen_k, int32_t(kHeadDim), args.heads_kv, args.batch));
-      Tensor g = local_tile(m(_, _, head_kv, batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+      Tensor g = local_tile(m(_, _, head_kv, tile.batch), Shape<Int<kBlockN>, Int<kHeadDim>>{}, make_coord(_, _0{}));
       Tensor sm = make_tensor(make_smem_ptr(smem_ptr), typename Traits::SmemLayoutKV{});
       auto thr = tma.get_slice(_0{});
       pipeline.producer_acquire(state);
@@ -129,6 +181,7 @@ struct TileLoader {
 template <class Traits, class Schedule, bool Is_local, bool Is_softcap, class AccO, class Softmax, class OnRelease>
 CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::SharedStorage& smem,
                               typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
+                              typename Traits::PipelineState& state_k, typename Traits::PipelineState& state_v,
                               int warpgroup, int thread, int row0, BlockRange blocks, KeyRange const& keys,
                               AccO& acc_o, Softmax& softmax, OnRelease&& released_v) {
   constexpr int kRows = Traits::kRowsPerWarpgroup;
@@ -150,21 +203,22 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
   Tensor tScS_rc = make_tensor(tScS.data(), acc_to_rowcol(tScS.layout()));
   Tensor acc_o_rc = make_tensor(acc_o.data(), acc_to_rowcol(acc_o.layout()));
 
-  const int sched_mine = warpgroup == 0 ? kSchedWg0 : kSchedWg1;
-  const int sched_other = warpgroup == 0 ? kSchedWg1 : kSchedWg0;
-  constexpr int kSchedThreads = 2 * 128;
+  constexpr int kWarpgroups = Traits::kConsumerWarpgroups;
+  const int sched_mine = sched_barrier(warpgroup);
+  const int sched_next = sched_barrier((warpgroup + 1) % kWarpgroups);
+  constexpr int kSchedThreads = 2 * 128;  // the waiting warpgroup and the one releasing it
   // Without ping-pong (an ablation) both warpgroups issue whenever they are ready.
   auto sched_wait = [&] {
     if constexpr (Schedule::kPingPong) named_barrier_sync(sched_mine, kSchedThreads);
   };
-  // The second warpgroup gives the first an extra turn at the start, so it skips its last release.
+  // The last warpgroup gives the first an extra turn at the start, so it skips its last release.
   auto sched_release = [&](bool last) {
     if constexpr (Schedule::kPingPong) {
-      if (!(last && warpgroup == 1)) named_barrier_arrive(sched_other, kSchedThreads);
+      if (!(last && warpgroup == kWarpgroups - 1)) named_barrier_arrive(sched_next, kSchedThreads);
     }
   };
   if constexpr (Schedule::kPingPong) {
-    if (warpgroup == 1) named_barrier_arrive(kSchedWg0, kSchedThreads);
+    if (warpgroup == kWarpgroups - 1) named_barrier_arrive(sched_barrier(0), kSchedThreads);
   }
 
   const float tanh_scale = Is_softcap ? args.scale / args.softcap : 1.f;
@@ -185,9 +239,6 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
     if (need_mask) mask_scores<Is_local>(s, tScS_rc, row0, col0, keys);
     return s;
   };
-
-  typename Traits::PipelineState state_k, state_v;
-  cutlass::arch::ClusterTransactionBarrier::wait(&smem.barrier_q, 0);
 
   // First block: S only.
   int n = blocks.max - 1;
@@ -262,6 +313,7 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
   sched_release(true);
   warpgroup_wait<0>();
   pipeline_v.consumer_release(state_v);
+  ++state_v;
 }
 
 }  // namespace fa::sm90

@@ -1,10 +1,10 @@
 // Kernel traits of the SM90 forward (FlashAttention-3 design): tile shapes, warpgroup roles,
 // shared-memory layouts, the wgmma tiles and the TMA copy types.
 //
-// One CTA owns a 128-row query tile split between two consumer warpgroups of 64 rows each; each
-// warpgroup has its own half of Q in shared memory (so its output can be staged there while the
-// other warpgroup still reads its own half), and both read the same K/V pipeline stages.  A third
-// warpgroup only issues TMA loads.
+// One CTA owns a query tile of 64 rows per consumer warpgroup (two, or three for the small head
+// dims where the softmax weighs more against the products); each warpgroup has its own part of Q
+// in shared memory (so its output can be staged there while the others still read theirs), and
+// all read the same K/V pipeline stages.  One more warpgroup only issues TMA loads.
 #pragma once
 
 // wgmma takes any N that is a multiple of 8; CuTe's op selectors consider the shapes outside
@@ -25,7 +25,7 @@ namespace fa::sm90 {
 
 using namespace cute;
 
-template <int kHeadDim_, int kBlockN_, int kStages_, typename Element_>
+template <int kHeadDim_, int kBlockN_, int kStages_, typename Element_, int kConsumerWarpgroups_ = 2>
 struct FwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -33,13 +33,15 @@ struct FwdTraits {
   static constexpr int kBlockN = kBlockN_;
   static constexpr int kStages = kStages_;
   static constexpr int kRowsPerWarpgroup = 64;  // one wgmma M extent
-  static constexpr int kConsumerWarpgroups = 2;
+  static constexpr int kConsumerWarpgroups = kConsumerWarpgroups_;
+  static_assert(kConsumerWarpgroups == 2 || kConsumerWarpgroups == 3);
   static constexpr int kBlockM = kRowsPerWarpgroup * kConsumerWarpgroups;
   static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
   static constexpr int kThreads = 128 + kConsumerThreads;  // producer warpgroup first
-  // The producer needs a handful of registers; consumers hold S, P and O accumulators.
+  // The producer needs a handful of registers; consumers hold S, P and O accumulators and share
+  // the rest of the register file (64K per SM, in steps of 8 per thread).
   static constexpr int kProducerRegisters = 24;
-  static constexpr int kConsumerRegisters = 240;
+  static constexpr int kConsumerRegisters = kConsumerWarpgroups == 2 ? 240 : 160;
   static_assert(kHeadDim % 32 == 0 && kBlockN % 16 == 0);
 
   using TileQK = Shape<Int<kRowsPerWarpgroup>, Int<kBlockN>, Int<kHeadDim>>;  // S = Q.K^T
@@ -81,7 +83,8 @@ struct FwdTraits {
     cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q[kConsumerWarpgroups];
     cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> k;
     cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> v;
-    alignas(16) uint64_t barrier_q;
+    alignas(16) uint64_t barrier_q;  // Q of the current tile has landed
+    uint64_t barrier_q_free;          // every warpgroup's output of the previous tile is stored
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
   };

@@ -264,3 +264,12 @@ def test_sm90_ablation_instances_are_correct(causal, Sq, Sk):
         torch.cuda.synchronize()
         err = ((out.double() - ref).norm() / ref.norm().clamp_min(1e-30)).item()
         assert not out.isnan().any() and err < 1e-2, f"{name}: relative error {err:.2e}"
+
+
+@pytest.mark.parametrize("D", [64, 128, 256])
+@pytest.mark.parametrize("causal,bottom_right,wl,wr", [
+    (False, False, -1, -1), (True, False, -1, -1), (True, True, -1, -1), (False, True, 100, 0)])
+def test_many_tiles_per_cta(backend, D, causal, bottom_right, wl, wr):
+    """More query tiles than SMs, so the SM90 kernel's persistent CTAs walk several tiles each;
+    with Sq > Sk bottom-right causal the first tiles of every head see no key at all."""
+    check_case(backend, 3, 24, 8, 1000, 600, D, causal=causal, bottom_right=bottom_right, wl=wl, wr=wr)
