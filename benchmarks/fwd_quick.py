@@ -4,7 +4,8 @@ chart) is benchmarks/attention.py.
 
 The FA3 paper's grid: 16k tokens per batch (B = 16384 / seqlen), hidden 2048 (H = 2048 / D),
 causal and not; q, k, v as [B, S, H, D] projections viewed as [B, H, S, D].
-TFLOP/s = 4 * S^2 * D * H * B / t (halved when causal); t = median of triton.testing.do_bench.
+TFLOP/s = 4 * S^2 * D * H * B / t (halved when causal); t = median over rounds (implementations in
+rotated order) of triton.testing.do_bench medians.
 
     python benchmarks/fwd_quick.py [--out FILE] [--head-dims 64,128,256] [--seqlens 512,...,16384]
         [--families sm90,sm80] [--ablation]
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import statistics
 
 import torch
 import torch.nn.functional as F
@@ -39,7 +41,8 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=16384)
     ap.add_argument("--hidden", type=int, default=2048)
     ap.add_argument("--dtype", default="bfloat16")
-    ap.add_argument("--rep-ms", type=int, default=200)
+    ap.add_argument("--rep-ms", type=int, default=200, help="timing per implementation and point")
+    ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--ablation", action="store_true",
                     help="also time the SM90 ablation instances (head dim 128 only)")
     args = ap.parse_args()
@@ -77,15 +80,24 @@ def main() -> None:
                 with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
                     ref = F.scaled_dot_product_attention(q, k, v, is_causal=causal, scale=scale).float()
                 row = {"head_dim": D, "seqlen": S, "batch": B, "heads": H, "causal": causal, "dtype": args.dtype}
-                for iname, fn in impls.items():
+                for iname, fn in list(impls.items()):
                     try:
                         res = fn()
                         got = (res if res is not None else out).float()
                         row[f"{iname}_diff"] = ((got - ref).norm() / ref.norm()).item()
-                        ms = do_bench(fn, warmup=25, rep=args.rep_ms, return_mode="median")
-                        row[f"{iname}_tflops"] = tflops(S, D, H, B, causal, ms)
                     except Exception as e:  # noqa: BLE001 - a peer may not support a shape
                         row[f"{iname}_error"] = f"{type(e).__name__}: {e}"[:200]
+                        del impls[iname]
+                # Rounds in rotated order: whichever runs first after a pause sees a cooler, faster
+                # or slower clock; the median over rounds takes that out of the ratios.
+                names = list(impls)
+                times = {iname: [] for iname in names}
+                for r in range(args.rounds):
+                    for iname in names[r % len(names):] + names[: r % len(names)]:
+                        times[iname].append(do_bench(impls[iname], warmup=25, rep=args.rep_ms // args.rounds,
+                                                     return_mode="median"))
+                for iname, ts in times.items():
+                    row[f"{iname}_tflops"] = tflops(S, D, H, B, causal, statistics.median(ts))
                 rows.append(row)
                 cells = "  ".join(f"{i} {row.get(i + '_tflops', float('nan')):6.1f}" for i in impls)
                 best_ours = max(row.get(f + "_tflops", 0) for f in families)

@@ -1,4 +1,5 @@
-// The SM90 forward kernel: persistent (one CTA per SM walks the tiles of TileScheduler) and
+// The SM90 forward kernel: persistent without a mask (one CTA per SM walks the tiles of
+// TileScheduler; one CTA per tile with a causal or window mask, see launch) and
 // warp-specialised (one producer warpgroup issuing TMA loads, consumer warpgroups running wgmma
 // and the softmax), registers moved from the producer to the consumers with setmaxnreg.
 #pragma once

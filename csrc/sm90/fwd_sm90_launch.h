@@ -79,12 +79,19 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
                    " bytes of shared memory: " + cudaGetErrorString(err));
     return FA_ERR_CUDA;
   }
-  // Persistent: one CTA per SM (each takes a whole SM's shared memory), or fewer for small calls.
+  // Without a mask every tile costs the same, and a persistent grid (one CTA per SM, each takes a
+  // whole SM's shared memory) loads the next tile under the current one's epilogue.  With a causal
+  // or window mask tile costs differ by up to the number of key blocks, and a static assignment of
+  // tiles to CTAs leaves some SMs with several times the work of others: there one CTA per tile,
+  // longest first, lets the hardware hand the next tile to whichever SM frees up.
   const int64_t tiles = int64_t((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * p.heads_q * p.batch;
-  int sms = 0;
-  if (int status = multiprocessor_count(sms); status != FA_OK) return status;
   FA_REQUIRE(tiles < (int64_t(1) << 31), FA_ERR_UNSUPPORTED, "fa_fwd_sm90: more than 2^31 query tiles");
-  const int grid = int(tiles < sms ? tiles : sms);
+  int grid = int(tiles);
+  if constexpr (!Is_local) {
+    int sms = 0;
+    if (int status = multiprocessor_count(sms); status != FA_OK) return status;
+    grid = grid < sms ? grid : sms;
+  }
   kernel<<<grid, kernel_threads<Traits, Schedule>(), smem, stream>>>(args);
   return check_launch("fa_fwd_sm90 launch");
 }

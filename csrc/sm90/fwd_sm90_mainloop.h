@@ -76,10 +76,11 @@ CUTE_DEVICE BlockRange key_blocks(int m_block, int seqlen_q, KeyRange const& key
   return r;
 }
 
-// The persistent grid's tiles: CTA c takes tiles c, c + gridDim.x, ... of the order below, so
-// the tiles in flight at any time are neighbours in it.  Query tiles of one head are adjacent (they
-// share K and V in L2); with a causal or window mask each head's tiles run from the last (most
-// keys) to the first, so the long ones start early and the short ones fill the tail.
+// The grid's tiles: CTA c takes tiles c, c + gridDim.x, ... of the order below (persistent grid),
+// or just tile c (one CTA per tile), so the tiles in flight at any time are neighbours in it.
+// Query tiles of one head are adjacent (they share K and V in L2); with a causal or window mask
+// each head's tiles run from the last (most keys) to the first, so the long ones start early and
+// the short ones fill the tail.
 template <class Traits, bool Is_local>
 struct TileScheduler {
   int num_m_blocks, heads, total;
