@@ -5,7 +5,7 @@
 # read the flags, so the rest is shared: the variants build in parallel in about one round of
 # nvcc), runs tests/gpu/test_kernels_bwd.py on every variant and times each against SDPA's
 # flash backward (benchmarks/bwd_sm80_quick.py).  Logs and JSON under $OUT; a table last.
-#   FA_BWD_VARIANTS="default branch branch_vec4" bash benchmarks/bwd_sm80_session.sh   (names: flags_of)
+#   FA_BWD_VARIANTS="default scalar" bash benchmarks/bwd_sm80_session.sh   (names: flags_of)
 #   FA_BWD_SANITIZE=1 adds compute-sanitizer memcheck/racecheck on one small case (default build).
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -26,9 +26,7 @@ flags_of() {
   case $1 in
     default) echo "" ;;
     rowmajor) echo "-DFA_BWD_DQ_ROWMAJOR" ;;  # the dQ accumulator layout before 2026-11-23
-    vec4) echo "-DFA_BWD_DQ_VEC4" ;;  # takes effect on sm_90 only
-    branch) echo "-DFA_BWD_MASK_BRANCH" ;;
-    branch_vec4) echo "-DFA_BWD_MASK_BRANCH -DFA_BWD_DQ_VEC4" ;;
+    scalar) echo "-DFA_BWD_DQ_SCALAR" ;;  # scalar dQ atomics on sm_90 (the default there is v4)
     early) echo "-DFA_BWD_P_EARLY" ;;
     stagger) echo "-DFA_BWD_STAGGER_M" ;;
     double_do) echo "-DFA_BWD_DOUBLE_DO" ;;

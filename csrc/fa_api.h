@@ -25,7 +25,8 @@ int fa_fwd_sm80(const FaFwdParams* params, cudaStream_t stream);
 // kernels.  Present only in libraries built for sm_90a; same params and status codes.
 int fa_fwd_sm90(const FaFwdParams* params, cudaStream_t stream);
 // The SM90 forward (head dim 128, bf16, dense or causal) with one scheduling idea switched off:
-// variant 0 full, 1 no ping-pong, 2 no intra-warpgroup overlap, 3 no warp specialisation.
+// variant 0 full, 1 no ping-pong, 2 no intra-warpgroup overlap, 3 no warp specialisation,
+// 4 no L2 eviction hints, 5 128-key tiles without a mask.
 int fa_fwd_sm90_ablation(const FaFwdParams* params, int variant, cudaStream_t stream);
 
 #ifdef __cplusplus

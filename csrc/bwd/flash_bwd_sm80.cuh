@@ -36,21 +36,19 @@ using namespace cute;
 //    order), so its stores overlap with that product; the softcap instantiation keeps the
 //    fused order (it would have to keep tanh' live across the product).
 //  FA_BWD_STAGGER_M (below), FA_BWD_DOUBLE_DO (in BwdTraits; slower).
-//  compile-checked, not yet measured:
-//  FA_BWD_MASK_BRANCH: masked and unmasked copies of the softmax pass, one chosen per tile
-//    (FlashAttention-2 gets the same from its Is_causal / Is_even_MN template parameters).
-//  FA_BWD_DQ_VEC4: see dq_vec4() below.
+//  FA_BWD_DQ_SCALAR: scalar dQ atomics on sm_90 too (see dq_vec4() below).
 #ifdef FA_BWD_DQ_ROWMAJOR
 inline constexpr bool kDqCoalesced = false;
 #else
 inline constexpr bool kDqCoalesced = true;
 #endif
-// FA_BWD_DQ_VEC4: on sm_90+ the fragment-ordered tile is grouped by 4 values (values 4j..4j+3
-// of thread t at tile offset (j * kNThreads + t) * 4) and added with 16-byte vector atomics
-// (sm_90's red.global.add.v4.f32): a quarter of the atomic instructions, each warp covering 512
-// contiguous bytes.  SM80 code keeps scalar atomics.
+// On sm_90+ the fragment-ordered tile is grouped by 4 values (values 4j..4j+3 of thread t at
+// tile offset (j * kNThreads + t) * 4) and added with 16-byte vector atomics (sm_90's
+// red.global.add.v4.f32): a quarter of the atomic instructions, each warp covering 512 contiguous
+// bytes; measured on H100 with the two-copy softmax pass: 0.89-0.94x SDPA flash at d=128 against
+// 0.85-0.91x with scalar atomics.  SM80 code keeps scalar atomics (-DFA_BWD_DQ_SCALAR: everywhere).
 __device__ __forceinline__ constexpr bool dq_vec4() {
-#if defined(FA_BWD_DQ_VEC4) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+#if !defined(FA_BWD_DQ_SCALAR) && defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   return kDqCoalesced;
 #else
   return false;
@@ -445,12 +443,11 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       const int col0 = get<1>(cS(0, 0));
       Tensor S = make_tensor(acc_s.data(), acc_rowcol(acc_s.layout()));
       Tensor dP = make_tensor(acc_dp.data(), acc_rowcol(acc_dp.layout()));
-#ifdef FA_BWD_MASK_BRANCH
       // Two copies of the softmax pass (P, and dS in the fused order), chosen once per tile:
-      // with the per-element `if (need_mask)` below, the compiler if-converts the mask and
-      // evaluates it on every tile (about 600 PLOP3/LOP3/ISETP per iteration and warp in the
-      // sm_80 SASS, against 320 HMMA).  Kept apart from the default's text, which as a lambda
-      // compiles to different register allocation (more spills) than the measured default.
+      // with a per-element `if (need_mask)` the compiler if-converts the mask and evaluates it on
+      // every tile (about 600 PLOP3/LOP3/ISETP per iteration and warp in the sm_80 SASS, against
+      // 320 HMMA).  Measured on H100: 0.85-0.91x SDPA flash at d=128 against 0.81-0.86x with the
+      // per-element test (benchmarks/results/sm80_bwd_h100.md).
       auto softmax_pass = [&](auto masked) {
         CUTE_UNROLL
         for (int r = 0; r < kRows; ++r) {
@@ -490,40 +487,6 @@ __global__ void __launch_bounds__(Tr::kNThreads, 1)
       } else {
         softmax_pass(std::false_type{});
       }
-#else
-      CUTE_UNROLL
-      for (int r = 0; r < kRows; ++r) {
-        const int row_local = get<0>(cS(r, 0));
-        // Rows past Sq or without any allowed key get lse = +inf, so their P is exactly 0.
-        float lse = smem_lse[stage * kM + row_local];
-        if (m0 + row_local >= seqlen_q || lse == -CUDART_INF_F) lse = CUDART_INF_F;
-        const float lse2 = lse * kLog2e;
-        const float dsum = smem_dsum[stage_do * kM + row_local];
-        CUTE_UNROLL
-        for (int c = 0; c < kCols; ++c) {
-          // x2 = log2(e) * (x - lse), one FMA; lse2 = +inf gives -inf, so P = 0.
-          float x2;
-          float dtanh = 1.f;
-          if constexpr (kSoftcap) {
-            const float th = fast_tanh(S(r, c) * scale_over_cap);
-            x2 = fmaf(th, cap_log2, -lse2);
-            dtanh = 1.f - th * th;
-          } else {
-            x2 = fmaf(S(r, c), scale_log2, -lse2);
-          }
-          if (need_mask) {
-            const int col_local = get<1>(cS(0, c));
-            const int diag = (col0 - row0) + ((col_local - col0) - (row_local - row0));
-            const bool ok = col_local < col_limit && (!has_right || diag <= diag_hi) &&
-                            (!has_left || diag >= diag_lo);
-            if (!ok) x2 = -CUDART_INF_F;
-          }
-          const float pr = exp2f(x2);
-          S(r, c) = pr;
-          if constexpr (!kEarly) dP(r, c) = pr * (dP(r, c) - dsum) * dtanh;
-        }
-      }
-#endif
 
       if constexpr (kEarly) {
         {

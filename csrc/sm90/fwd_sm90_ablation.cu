@@ -15,7 +15,8 @@ using Traits = typename fa::sm90::FwdConfig<128, cutlass::bfloat16_t, Is_local>:
 
 }  // namespace
 
-// variant: 0 full, 1 no ping-pong, 2 no intra-warpgroup overlap, 3 no warp specialisation.
+// variant: 0 full, 1 no ping-pong, 2 no intra-warpgroup overlap, 3 no warp specialisation,
+// 4 no L2 eviction hints, 5 128-key tiles without a mask too (176 is the default there).
 extern "C" FA_EXPORT int fa_fwd_sm90_ablation(const FaFwdParams* params, int variant, cudaStream_t stream) {
   using namespace fa::sm90;
   fa::clear_last_error();
@@ -38,8 +39,14 @@ extern "C" FA_EXPORT int fa_fwd_sm90_ablation(const FaFwdParams* params, int var
     case 3:
       return causal ? launch<Traits<true>, Schedule<false, true, false>, true, false>(*params, stream)
                     : launch<Traits<false>, Schedule<false, true, false>, false, false>(*params, stream);
+    case 4:
+      return causal ? launch<Traits<true>, Schedule<true, true, true, false>, true, false>(*params, stream)
+                    : launch<Traits<false>, Schedule<true, true, true, false>, false, false>(*params, stream);
+    case 5:  // the causal tile shape everywhere
+      return causal ? launch<Traits<true>, FullSchedule, true, false>(*params, stream)
+                    : launch<Traits<true>, FullSchedule, false, false>(*params, stream);
     default:
-      fa::set_last_error("fa_fwd_sm90_ablation: variant " + std::to_string(variant) + " is not 0..3");
+      fa::set_last_error("fa_fwd_sm90_ablation: variant " + std::to_string(variant) + " is not 0..5");
       return FA_ERR_INVALID_ARGUMENT;
   }
 }

@@ -57,7 +57,7 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
   Pipeline pipeline_v(smem.pipeline_v, pipe_params, Shape<_1, _1, _1>{});
   __syncthreads();  // barriers initialised before anyone waits on them
 
-  TileLoader<Traits> loader{args, smem, pipeline_k, pipeline_v};
+  TileLoader<Traits, Schedule> loader{args, smem, pipeline_k, pipeline_v};
   if (is_producer) {
     cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
     if (threadIdx.x == 0) {

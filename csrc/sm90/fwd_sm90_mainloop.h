@@ -112,9 +112,15 @@ struct TileScheduler {
 // (every consumer warpgroup's store has read its part); the first K/V stages of a tile are loaded
 // before that wait, under the previous tile's epilogue.  Every tile, empty or not, completes one
 // phase of barrier_q and one of barrier_q_free, so producer and consumers never drift apart.
-template <class Traits>
+template <class Traits, class Schedule>
 struct TileLoader {
   using Pipeline = typename Traits::Pipeline;
+  static CUTE_DEVICE constexpr TMA::CacheHintSm90 hint_q() {
+    return Schedule::kL2Hints ? TMA::CacheHintSm90::EVICT_FIRST : TMA::CacheHintSm90::EVICT_NORMAL;
+  }
+  static CUTE_DEVICE constexpr TMA::CacheHintSm90 hint_kv() {
+    return Schedule::kL2Hints ? TMA::CacheHintSm90::EVICT_LAST : TMA::CacheHintSm90::EVICT_NORMAL;
+  }
   static constexpr int kRows = Traits::kRowsPerWarpgroup;
   static constexpr int kBlockN = Traits::kBlockN;
   static constexpr int kHeadDim = Traits::kHeadDim;
@@ -152,7 +158,7 @@ struct TileLoader {
     CUTE_UNROLL
     for (int w = 0; w < Traits::kConsumerWarpgroups; ++w) {
       Tensor sQ = make_tensor(make_smem_ptr(smem.q[w].data()), typename Traits::SmemLayoutQ{});
-      copy(args.tma_q.with(smem.barrier_q),
+      copy(args.tma_q.with(smem.barrier_q, 0, hint_q()),
            tma_q.partition_S(gQ)(_, _, _, tile.m_block * Traits::kConsumerWarpgroups + w), tma_q.partition_D(sQ));
     }
   }
@@ -167,7 +173,7 @@ struct TileLoader {
       Tensor sm = make_tensor(make_smem_ptr(smem_ptr), typename Traits::SmemLayoutKV{});
       auto thr = tma.get_slice(_0{});
       pipeline.producer_acquire(state);
-      copy(tma.with(*pipeline.producer_get_barrier(state)), thr.partition_S(g)(_, _, _, n),
+      copy(tma.with(*pipeline.producer_get_barrier(state), 0, hint_kv()), thr.partition_S(g)(_, _, _, n),
            thr.partition_D(sm)(_, _, _, state.index()));
       ++state;
     };

@@ -94,7 +94,7 @@ struct FwdTraits {
 
 // Which of FlashAttention-3's scheduling ideas a kernel instance uses (all of them, except in the
 // ablation instances that measure what each one is worth).
-template <bool kPingPong_ = true, bool kIntraWgOverlap_ = true, bool kWarpSpecialized_ = true>
+template <bool kPingPong_ = true, bool kIntraWgOverlap_ = true, bool kWarpSpecialized_ = true, bool kL2Hints_ = true>
 struct Schedule {
   static constexpr bool kPingPong = kPingPong_;              // warpgroups take turns on the tensor cores
   static constexpr bool kIntraWgOverlap = kIntraWgOverlap_;  // softmax of S[j] under P[j+1].V[j+1]
@@ -102,6 +102,8 @@ struct Schedule {
   // between its own products, and ping-pong is off (that thread may wait for the other warpgroup
   // to free a stage, which would deadlock with the turn-taking).
   static constexpr bool kWarpSpecialized = kWarpSpecialized_;
+  // K and V are read by every query tile of their head, Q once: ask L2 to keep the former.
+  static constexpr bool kL2Hints = kL2Hints_;
   static_assert(kWarpSpecialized || !kPingPong);
 };
 using FullSchedule = Schedule<>;

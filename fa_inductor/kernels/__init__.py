@@ -145,7 +145,8 @@ class KernelBackend:
 
     def forward_ablation(self, variant: int, q, k, v, scale, causal, out, lse) -> None:
         """The SM90 forward with one scheduling idea switched off (csrc/sm90/fwd_sm90_ablation.cu):
-        0 full, 1 no ping-pong, 2 no intra-warpgroup overlap, 3 no warp specialisation."""
+        0 full, 1 no ping-pong, 2 no intra-warpgroup overlap, 3 no warp specialisation,
+        4 no L2 eviction hints, 5 128-key tiles without a mask (176 is the default there)."""
         if not self.lib.has("fa_fwd_sm90_ablation"):
             raise _library.KernelError(f"{self.lib.path} has no SM90 ablation instances (build with --arch 90a)")
         call = lambda p, stream: self.lib.fwd_sm90_ablation(p, variant, stream)  # noqa: E731
@@ -270,6 +271,8 @@ ABLATION_VARIANTS = (
     "no ping-pong",
     "no intra-warpgroup overlap",
     "no warp specialisation",
+    "no L2 eviction hints",
+    "128-key tiles without a mask",
 )
 
 
