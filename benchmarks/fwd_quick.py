@@ -14,9 +14,11 @@ rotated order) of triton.testing.do_bench medians.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
+import time
 
 import torch
 import torch.nn.functional as F
@@ -30,6 +32,30 @@ PEERS = {"cudnn": SDPBackend.CUDNN_ATTENTION, "flash": SDPBackend.FLASH_ATTENTIO
 
 def tflops(S, D, H, B, causal, ms):
     return 4 * S * S * D * H * B / (2 if causal else 1) / ms * 1e-9
+
+
+def host_overhead_us(backend, families, dev, dtype, calls: int = 2000) -> dict[str, float]:
+    """Wall time per call on a [1, 1, 128, 128] problem: what each call costs the CPU (argument
+    checks, descriptors, launch), which the GPU sees as idle time between short kernels."""
+    q, k, v = (torch.randn(1, 1, 128, 128, device=dev, dtype=dtype) for _ in range(3))
+    out = torch.empty_like(q)
+    lse = torch.empty(1, 1, 128, device=dev, dtype=torch.float32)
+    impls = {fam: (lambda fam=fam: backend.forward(q, k, v, 0.1, False, False, -1, -1, 0.0, out, lse, family=fam))
+             for fam in families}
+    impls["sdpa-cudnn"] = lambda: F.scaled_dot_product_attention(q, k, v)
+    result = {}
+    for name, fn in impls.items():
+        ctx = sdpa_kernel(SDPBackend.CUDNN_ATTENTION) if name == "sdpa-cudnn" else contextlib.nullcontext()
+        with ctx:
+            for _ in range(50):
+                fn()
+            torch.cuda.synchronize()
+            start = time.perf_counter()
+            for _ in range(calls):
+                fn()
+            torch.cuda.synchronize()
+        result[name] = (time.perf_counter() - start) / calls * 1e6
+    return result
 
 
 def main() -> None:
@@ -55,6 +81,9 @@ def main() -> None:
     dtype = getattr(torch, args.dtype)
     name = torch.cuda.get_device_name(dev)
     print(f"device: {name}; ours: {', '.join(families)}; peers: SDPA {', '.join(PEERS)}; {args.dtype}", flush=True)
+    host_us = host_overhead_us(backend, families, dev, dtype)
+    print("host time per call (tiny shape, GPU never the bottleneck): "
+          + ", ".join(f"{k} {v:.1f} us" for k, v in host_us.items()), flush=True)
     rows = []
     for D in (int(d) for d in args.head_dims.split(",")):
         H = args.hidden // D
@@ -107,7 +136,7 @@ def main() -> None:
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:
         json.dump({"device": name, "torch": torch.__version__, "families": families, "library": str(backend.lib.path),
-                   "rows": rows}, f, indent=1)
+                   "host_us_per_call": host_us, "rows": rows}, f, indent=1)
     print(f"wrote {args.out}")
 
 

@@ -13,6 +13,12 @@
 #define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
 #endif
 
+// CuTe encodes TMA descriptors through cuTensorMapEncodeTiled, defined in tensor_map_encode.cpp
+// with the driver lookup done once (CUTLASS would repeat it for every descriptor).
+#ifndef CUTLASS_ENABLE_DIRECT_CUDA_DRIVER_CALL
+#define CUTLASS_ENABLE_DIRECT_CUDA_DRIVER_CALL
+#endif
+
 #include <cute/tensor.hpp>  // first: the atom headers below assume it
 #include <cute/atom/copy_traits_sm90_tma.hpp>
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
