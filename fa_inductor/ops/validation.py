@@ -29,7 +29,13 @@ class AttentionDims:
 
 
 def _check(cond, message: Callable[[], str], error: type[Exception] = ValueError) -> None:
-    # The message is a callable so that the hot path (every op call) formats no strings.
+    # The message is a callable so that the hot path (every op call) formats no strings, and
+    # concrete sizes (plain bools: every eager call) skip torch._check_with, which only
+    # symbolic sizes need and which costs microseconds per check.
+    if cond is True:
+        return
+    if cond is False:
+        raise error(message())
     torch._check_with(error, cond, message)
 
 
