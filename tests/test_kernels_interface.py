@@ -120,3 +120,51 @@ def test_no_backend_off_cuda():
     assert kernels.get_backend(torch.device("cpu")) is None
     assert kernels.unavailable_reason("cpu") == "not a CUDA device"
     assert [kernels.padded_head_dim(d) for d in (1, 64, 65, 100, 192, 256, 257)] == [64, 64, 96, 128, 192, 256, None]
+
+
+# ---- which forward family runs ---------------------------------------------------------------
+
+
+def hopper(monkeypatch, capability=(9, 0)):
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    return torch.device("cuda", 0)
+
+
+def test_hopper_runs_the_sm90_forward_when_the_library_has_it(monkeypatch):
+    monkeypatch.delenv("FA_INDUCTOR_FWD_FAMILY", raising=False)
+    lib = RecordingLibrary(symbols=("fa_fwd_sm80", "fa_fwd_sm90"))
+    assert kernels.KernelBackend(lib, hopper(monkeypatch)).forward_name == "sm90"
+
+
+@pytest.mark.parametrize("symbols,capability", [
+    (("fa_fwd_sm80",), (9, 0)),                 # a library built without sm_90a
+    (("fa_fwd_sm80", "fa_fwd_sm90"), (8, 0)),   # an A100
+    (("fa_fwd_sm80", "fa_fwd_sm90"), (8, 9)),   # an L40
+])
+def test_elsewhere_the_sm80_forward_runs(monkeypatch, symbols, capability):
+    monkeypatch.delenv("FA_INDUCTOR_FWD_FAMILY", raising=False)
+    backend = kernels.KernelBackend(RecordingLibrary(symbols=symbols), hopper(monkeypatch, capability))
+    assert backend.forward_name == "sm80"
+    assert backend.name == "sm80"  # the backward's kernels
+
+
+def test_the_forward_family_can_be_forced_for_comparisons(monkeypatch):
+    lib = RecordingLibrary(symbols=("fa_fwd_sm80", "fa_fwd_sm90"))
+    monkeypatch.setenv("FA_INDUCTOR_FWD_FAMILY", "sm80")
+    assert kernels.KernelBackend(lib, hopper(monkeypatch)).forward_name == "sm80"
+    monkeypatch.setenv("FA_INDUCTOR_FWD_FAMILY", "sm75")
+    with pytest.raises(ValueError, match="FA_INDUCTOR_FWD_FAMILY"):
+        kernels.KernelBackend(lib, hopper(monkeypatch))
+
+
+def test_a_family_the_library_lacks_is_a_clear_error(backend):
+    q = k = v = bshd(1, 8, 1, 64)
+    out, lse = bshd(1, 8, 1, 64), torch.empty(1, 1, 8)
+    with pytest.raises(library.KernelError, match="no SM90 forward"):
+        backend.forward(q, k, v, 0.1, False, False, -1, -1, 0.0, out, lse, family="sm90")
+    with pytest.raises(ValueError, match="unknown kernel family"):
+        backend.forward(q, k, v, 0.1, False, False, -1, -1, 0.0, out, lse, family="sm70")
+
+
+def test_no_ablation_variants_without_the_sm90_library():
+    assert kernels.ablation_variants(torch.device("cpu")) == {}

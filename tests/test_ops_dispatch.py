@@ -110,6 +110,17 @@ def test_unsupported_call_falls_through_with_the_kernels_reason(backend):
     torch.testing.assert_close(out, reference.attention(q, k, v, bias, scale=0.3)[0])
 
 
+def test_forward_and_backward_name_their_own_kernel_family(backend):
+    """On Hopper the forward runs the SM90 kernels and the backward the SM80 ones; each choice
+    says which ran."""
+    backend.forward_name = "sm90"
+    q, k, v = rand_qkv(b=1, hq=2, hkv=1, sq=4, sk=6, d=8)
+    assert dispatch.select_forward(q, k, v, None, **FLAGS).name == "sm90"
+    assert dispatch.select_backward(q, k, v, None, **FLAGS).name == "sm80"
+    bias = torch.zeros(4, 6)
+    assert "sm90: no bias" in dispatch.select_forward(q, k, v, bias, **FLAGS).reason
+
+
 def test_run_returns_the_choice_it_executed(backend):
     q, k, v = rand_qkv(b=1, hq=2, hkv=1, sq=4, sk=6, d=8)
     out = torch.empty(1, 4, 2, 8).transpose(1, 2)

@@ -101,8 +101,16 @@ int run_fwd(const FaFwdParams& params, cudaStream_t stream) {
   const bool local = params.window_left >= 0 || params.window_right >= 0;
   const bool softcap = params.softcap > 0.f;
   return FA_BOOL_SWITCH(local, Is_local, [&] {
-    using Traits = typename FwdConfig<kHeadDim, Element, Is_local>::Traits;
-    return FA_BOOL_SWITCH(softcap, Is_softcap, [&] { return launch<Traits, Schedule, Is_local, Is_softcap>(params, stream); });
+    using Config = FwdConfig<kHeadDim, Element, Is_local>;
+    using Traits = typename Config::Traits;
+    return FA_BOOL_SWITCH(softcap, Is_softcap, [&] {
+      if constexpr (HasShortTraits<Config>::value) {
+        if (params.seqlen_k <= Config::kShortSeqlenK && !std::is_same_v<typename Config::ShortTraits, Traits>) {
+          return launch<typename Config::ShortTraits, Schedule, Is_local, Is_softcap>(params, stream);
+        }
+      }
+      return launch<Traits, Schedule, Is_local, Is_softcap>(params, stream);
+    });
   });
 }
 

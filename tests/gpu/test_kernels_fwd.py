@@ -273,3 +273,10 @@ def test_many_tiles_per_cta(backend, D, causal, bottom_right, wl, wr):
     """More query tiles than SMs, so the SM90 kernel's persistent CTAs walk several tiles each;
     with Sq > Sk bottom-right causal the first tiles of every head see no key at all."""
     check_case(backend, 3, 24, 8, 1000, 600, D, causal=causal, bottom_right=bottom_right, wl=wl, wr=wr)
+
+
+@pytest.mark.parametrize("Sk", [4096, 4097])
+def test_head_dim_64_tile_shape_switch_with_a_mask(backend, Sk):
+    """With a mask, head dim 64 runs 128-row tiles up to 4096 keys and 192-row tiles beyond."""
+    check_case(backend, 1, 2, 1, 700, Sk, 64, causal=True, bottom_right=True)
+    check_case(backend, 1, 2, 2, 300, Sk, 64, wl=1000, wr=0, bottom_right=True)
