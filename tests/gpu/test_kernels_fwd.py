@@ -275,8 +275,8 @@ def test_many_tiles_per_cta(backend, D, causal, bottom_right, wl, wr):
     check_case(backend, 3, 24, 8, 1000, 600, D, causal=causal, bottom_right=bottom_right, wl=wl, wr=wr)
 
 
-@pytest.mark.parametrize("Sk", [4096, 4097])
+@pytest.mark.parametrize("Sk", [1024, 1025, 4097])
 def test_head_dim_64_tile_shape_switch_with_a_mask(backend, Sk):
-    """With a mask, head dim 64 runs 128-row tiles up to 4096 keys and 192-row tiles beyond."""
+    """With a mask, head dim 64 runs 128-row tiles up to 1024 keys and 192-row tiles beyond."""
     check_case(backend, 1, 2, 1, 700, Sk, 64, causal=True, bottom_right=True)
     check_case(backend, 1, 2, 2, 300, Sk, 64, wl=1000, wr=0, bottom_right=True)
