@@ -1,11 +1,10 @@
 """What the harness needs from fa_inductor: the op, which kernel the dispatcher picks, and
-(once the SM90 kernel has them) its ablation variants.
+the SM90 forward's ablation variants.
 
-Ablation contract (for the SM90 kernel's engineer):
-``fa_inductor.kernels.ablation_variants(device)`` returns an ordered mapping
-{name: fn(q, k, v, scale, causal) -> out} for q, k, v [B, H, S, D], the full kernel first,
-then e.g. "no ping-pong", "no intra-warpgroup pipelining", "no warp specialisation". Until it
-exists the harness reports that no variants are available.
+Ablation contract: ``fa_inductor.kernels.ablation_variants(device)`` returns an ordered mapping
+{name: fn(q, k, v, scale, causal) -> out} for q, k, v [B, H, S, D], the full kernel first, then
+one scheduling idea off each ("no ping-pong", "no intra-warpgroup overlap", "no warp
+specialisation", ...); an empty mapping where the device or library has none.
 """
 
 from __future__ import annotations
@@ -63,5 +62,6 @@ def ablation_variants(device) -> tuple[dict, str]:
     except Exception as e:  # noqa: BLE001
         return {}, f"fa_inductor.kernels.ablation_variants failed: {type(e).__name__}: {e}"
     if not variants:
-        return {}, "fa_inductor.kernels.ablation_variants returned no variants on this device"
+        return {}, ("no SM90 kernel variants are available on this device (they need a Hopper "
+                    "GPU and a library built for sm_90a): nothing timed")
     return variants, f"{len(variants)} variants from fa_inductor.kernels.ablation_variants"
