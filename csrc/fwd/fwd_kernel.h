@@ -11,8 +11,7 @@
 
 #include "common/cute_utils.h"
 #include "common/fa_params.h"
-#include "common/mask.h"
-#include "common/online_softmax.h"
+#include "fwd_softmax.h"
 #include "fwd_traits.h"
 
 namespace fa::fwd {
@@ -141,10 +140,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fa_fwd_sm80_kernel(const
   clear(acc_o);
   Tensor acc_o_rc = make_tensor(acc_o.data(), acc_to_rowcol(acc_o.layout()));
   constexpr int kRows = decltype(size<0>(acc_o_rc))::value;
+  float row_max[kRows];
+  float row_sum[kRows];
 
   // Softcap: x = cap * tanh(s * scale / cap); the exponent then works in units of cap.
   const float softmax_scale = Is_softcap ? params.softcap : params.scale;
-  OnlineSoftmax<kRows> softmax(softmax_scale * float(M_LOG2E));
+  const float scale_log2 = softmax_scale * float(M_LOG2E);
   const float tanh_scale = Is_softcap ? params.scale / params.softcap : 1.f;
   const int last_row = min(seqlen_q, row_begin + kBlockM) - 1;
 
@@ -179,10 +180,9 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fa_fwd_sm80_kernel(const
     }
 
     if (iter == 0) {
-      softmax.template step<true>(s);
+      online_softmax_step<true>(s, acc_o_rc, row_max, row_sum, scale_log2);
     } else {
-      softmax.template step<false>(s);
-      softmax.rescale_output(acc_o_rc);
+      online_softmax_step<false>(s, acc_o_rc, row_max, row_sum, scale_log2);
     }
 
     Tensor rP = convert_type<Element>(acc_s);
@@ -194,10 +194,10 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fa_fwd_sm80_kernel(const
   float lse[kRows];
   CUTE_UNROLL
   for (int mi = 0; mi < kRows; ++mi) {
-    const float sum = quad_allreduce(softmax.row_sum[mi], SumOp{});
+    const float sum = quad_allreduce(row_sum[mi], SumOp{});
     const bool empty = !(sum > 0.f);  // a row with no allowed key (or nothing finite)
     const float inv = empty ? 0.f : 1.f / sum;
-    lse[mi] = empty ? -INFINITY : softmax.row_max[mi] * softmax_scale + __logf(sum);
+    lse[mi] = empty ? -INFINITY : row_max[mi] * softmax_scale + __logf(sum);
     CUTE_UNROLL
     for (int nj = 0; nj < size<1>(acc_o_rc); ++nj) acc_o_rc(mi, nj) *= inv;
   }
