@@ -6,8 +6,8 @@
 // Consumer schedule per key block j (the intra-warpgroup pipeline of FlashAttention-3):
 //     issue S[j] = Q.K[j]^T;  rescale O (for P[j+1]'s max);  issue O += P[j+1].V[j+1];
 //     wait for S[j];  softmax of S[j] (overlaps the P.V product);  wait for P.V;  P[j] = S[j]
-// and the two consumer warpgroups take turns issuing their products (ping-pong): while one
-// warpgroup's wgmmas run, the other is in its softmax.
+// and the consumer warpgroups take turns issuing their products (ping-pong): while one
+// warpgroup's wgmmas run, the others are in their softmax.
 #pragma once
 
 #include <cute/tensor.hpp>
