@@ -4,7 +4,7 @@
 # from the default's objects plus its own recompiled backward units (only the main-kernel units
 # read the flags, so the rest is shared: the variants build in parallel in about one round of
 # nvcc), runs tests/gpu/test_kernels_bwd.py on every variant and times each against SDPA's
-# flash backward (benchmarks/bwd_sm80_quick.py).  Logs and JSON under $OUT; a table last.
+# flash backward (benchmarks/bwd_quick.py).  Logs and JSON under $OUT; a table last.
 #   FA_BWD_VARIANTS="default scalar" bash benchmarks/bwd_sm80_session.sh   (names: flags_of)
 #   FA_BWD_SANITIZE=1 adds compute-sanitizer memcheck/racecheck on one small case (default build).
 set -o pipefail
@@ -71,7 +71,7 @@ for v in $VARIANTS; do
   timeout 90 python3 -m pytest tests/gpu/test_kernels_bwd.py -q -p no:cacheprovider --tb=short --maxfail=10 > "$OUT/pytest_$v.log" 2>&1
   echo "[$v] tests: $(tail -1 "$OUT/pytest_$v.log")" | tee -a "$TABLE"
   grep -E "^FAILED" "$OUT/pytest_$v.log" | head -5 >> "$TABLE"
-  timeout 80 python3 benchmarks/bwd_sm80_quick.py --out "$OUT/sm80_bwd_$v.json" > "$OUT/bench_$v.log" 2>&1
+  timeout 80 python3 benchmarks/bwd_quick.py --families sm80 --out "$OUT/sm80_bwd_$v.json" > "$OUT/bench_$v.log" 2>&1
   grep -E "^bwd" "$OUT/bench_$v.log" | sed "s/^/[$v] /" >> "$TABLE"
   if [ -n "$FA_BWD_SANITIZE" ] && [ "$v" = default ]; then
     SAN=$(command -v compute-sanitizer || echo /usr/local/cuda/bin/compute-sanitizer)

@@ -10,6 +10,8 @@
 #   test      pytest $FA_GPU_TESTS (default tests/gpu) -q
 #   fwdbench  benchmarks/fwd_quick.py $FA_FWD_ARGS (our forward kernel families vs SDPA cuDNN
 #             and flash; e.g. FA_FWD_ARGS="--head-dims 64,128,256 --ablation")
+#   bwdbench  benchmarks/bwd_quick.py $FA_BWD_ARGS (our backward kernel families vs SDPA cuDNN
+#             and flash; e.g. FA_BWD_ARGS="--head-dims 64,128")
 #   bench     benchmarks/attention.py --out $OUT $FA_BENCH_ARGS, if it exists (the full harness;
 #             e.g. FA_BENCH_ARGS="--budget-s 420 --dims 128")
 # Logs and results go under $OUT (default ./gpu_out); a short table is printed last.
@@ -70,6 +72,14 @@ for step in $STEPS; do
       rc=$?
       note "fwdbench: rc=$rc"
       grep -E '^device:|^d= *[0-9]+ S=' "$OUT/fwdbench.log" >> "$SUMMARY"
+      [ $rc -ne 0 ] && status=1
+      ;;
+    bwdbench)
+      # shellcheck disable=SC2086
+      python3 benchmarks/bwd_quick.py --out "$OUT/bwd_quick.json" ${FA_BWD_ARGS:-} 2>&1 | tee "$OUT/bwdbench.log"
+      rc=$?
+      note "bwdbench: rc=$rc"
+      grep -E '^device:|^ +D causal|^bwd ' "$OUT/bwdbench.log" >> "$SUMMARY"
       [ $rc -ne 0 ] && status=1
       ;;
     bench)

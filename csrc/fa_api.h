@@ -28,6 +28,12 @@ int fa_fwd_sm90(const FaFwdParams* params, cudaStream_t stream);
 // variant 0 full, 1 no ping-pong, 2 no intra-warpgroup overlap, 3 no warp specialisation,
 // 4 no L2 eviction hints, 5 128-key tiles without a mask.
 int fa_fwd_sm90_ablation(const FaFwdParams* params, int variant, cudaStream_t stream);
+// Backward attention with the SM90 kernels (TMA, wgmma, warp specialisation), head dims 64, 96
+// and 128, not deterministic; present only in libraries built for sm_90a.  The params are the
+// SM80 backward's (bwd_params.h) with these sizes: dsum and lse_log2 (a further fp32 workspace)
+// [batch, heads_q, seqlen_q_rounded], dq_accum [batch, heads_q, seqlen_q_rounded, head_dim].
+struct FaBwdParams;
+int fa_bwd_sm90(const struct FaBwdParams* params, float* lse_log2, cudaStream_t stream);
 
 #ifdef __cplusplus
 }

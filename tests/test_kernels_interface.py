@@ -166,5 +166,50 @@ def test_a_family_the_library_lacks_is_a_clear_error(backend):
         backend.forward(q, k, v, 0.1, False, False, -1, -1, 0.0, out, lse, family="sm70")
 
 
+# ---- which backward family runs --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("d,deterministic,expect", [
+    (64, False, "sm90"), (80, False, "sm90"), (128, False, "sm90"),  # 80 is padded to 96
+    (192, False, "sm80"), (256, False, "sm80"),   # dK and dV of 192+ do not fit the SM90 tiles
+    (128, True, "sm80"),                          # only the SM80 backward has a deterministic mode
+])
+def test_hopper_runs_the_sm90_backward_where_it_covers_the_call(monkeypatch, d, deterministic, expect):
+    monkeypatch.delenv("FA_INDUCTOR_BWD_FAMILY", raising=False)
+    lib = RecordingLibrary(symbols=("fa_fwd_sm80", "fa_bwd_sm80", "fa_bwd_sm90"))
+    backend = kernels.KernelBackend(lib, hopper(monkeypatch))
+    assert backend.backward_name == "sm90"
+    q = v = bshd(1, 8, 1, d)
+    assert backend.backward_family(q, v, deterministic) == expect
+
+
+def test_the_backward_family_follows_the_library_and_the_switch(monkeypatch):
+    q = v = bshd(1, 8, 1, 128)
+    monkeypatch.delenv("FA_INDUCTOR_BWD_FAMILY", raising=False)
+    without = kernels.KernelBackend(RecordingLibrary(symbols=("fa_bwd_sm80",)), hopper(monkeypatch))
+    assert without.backward_family(q, v, False) == "sm80"
+    a100 = kernels.KernelBackend(RecordingLibrary(symbols=("fa_bwd_sm80", "fa_bwd_sm90")),
+                                 hopper(monkeypatch, (8, 0)))
+    assert a100.backward_family(q, v, False) == "sm80"
+    monkeypatch.setenv("FA_INDUCTOR_BWD_FAMILY", "sm80")
+    forced = kernels.KernelBackend(RecordingLibrary(symbols=("fa_bwd_sm80", "fa_bwd_sm90")), hopper(monkeypatch))
+    assert forced.backward_family(q, v, False) == "sm80"
+    monkeypatch.setenv("FA_INDUCTOR_BWD_FAMILY", "sm75")
+    with pytest.raises(ValueError, match="FA_INDUCTOR_BWD_FAMILY"):
+        kernels.KernelBackend(RecordingLibrary(), hopper(monkeypatch))
+
+
+def test_the_sm90_backward_refuses_what_it_does_not_cover(backend):
+    from fa_inductor.kernels import backward
+
+    q = k = v = out = bshd(1, 8, 1, 256)
+    lse = torch.zeros(1, 1, 8)
+    with pytest.raises(library.KernelError, match="no SM90 backward"):
+        backend.backward(out, q, k, v, out, lse, 0.1, False, False, -1, -1, 0.0, q, k, v, family="sm90")
+    with pytest.raises(ValueError, match="SM90 backward takes head dims"):
+        backward.run_backward(None, out, q, k, v, out, lse, 0.1, False, False, -1, -1, 0.0, q, k, v,
+                              family="sm90")
+
+
 def test_no_ablation_variants_without_the_sm90_library():
     assert kernels.ablation_variants(torch.device("cpu")) == {}

@@ -111,7 +111,7 @@ def test_unsupported_call_falls_through_with_the_kernels_reason(backend):
 
 
 def test_forward_and_backward_name_their_own_kernel_family(backend):
-    """On Hopper the forward runs the SM90 kernels and the backward the SM80 ones; each choice
+    """On Hopper the forward and the backward may run different kernel families; each choice
     says which ran."""
     backend.forward_name = "sm90"
     q, k, v = rand_qkv(b=1, hq=2, hkv=1, sq=4, sk=6, d=8)
@@ -119,6 +119,11 @@ def test_forward_and_backward_name_their_own_kernel_family(backend):
     assert dispatch.select_backward(q, k, v, None, **FLAGS).name == "sm80"
     bias = torch.zeros(4, 6)
     assert "sm90: no bias" in dispatch.select_forward(q, k, v, bias, **FLAGS).reason
+    # A backend with SM90 backward kernels names the family per call (by head dim).
+    backend.backward_family = lambda q, v: "sm90" if q.size(-1) <= 128 else "sm80"
+    assert dispatch.select_backward(q, k, v, None, **FLAGS).name == "sm90"
+    q2, k2, v2 = rand_qkv(b=1, hq=2, hkv=1, sq=4, sk=6, d=192)
+    assert dispatch.select_backward(q2, k2, v2, None, **FLAGS).name == "sm80"
 
 
 def test_run_returns_the_choice_it_executed(backend):

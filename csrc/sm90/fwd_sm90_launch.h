@@ -13,13 +13,6 @@
 
 namespace fa::sm90 {
 
-// The TMA unit wants every stride a nonzero multiple of 16 bytes, even of a mode of extent 1 (the
-// Python side passes 0 there): give such modes the stride of a dense tensor.
-inline void dense_if_unused(int64_t& head_stride, int64_t& batch_stride, int64_t row_stride, int seqlen, int heads) {
-  if (head_stride == 0) head_stride = row_stride * seqlen;
-  if (batch_stride == 0) batch_stride = head_stride * heads;
-}
-
 // Multiprocessors of the current device (cached per device: the query costs more than a launch).
 inline int multiprocessor_count(int& count) {
   constexpr int kMaxDevices = 64;
@@ -39,23 +32,16 @@ inline int multiprocessor_count(int& count) {
   return FA_OK;
 }
 
-template <class Traits, class Ptr>
-auto qkv_tensor(Ptr ptr, int seqlen, int heads, int batch, int64_t row, int64_t head, int64_t bat) {
-  dense_if_unused(head, bat, row, seqlen, heads);
-  return make_tensor(make_gmem_ptr(ptr), make_layout(make_shape(seqlen, int32_t(Traits::kHeadDim), heads, batch),
-                                                     make_stride(row, _1{}, head, bat)));
-}
-
 template <typename Traits, class Schedule, bool Is_local, bool Is_softcap>
 int launch(const FaFwdParams& p, cudaStream_t stream) {
   using Element = typename Traits::Element;
-  auto mQ = qkv_tensor<Traits>(static_cast<Element const*>(p.q), p.seqlen_q, p.heads_q, p.batch, p.q_row_stride,
+  auto mQ = seq_major_tensor<Traits::kHeadDim>(static_cast<Element const*>(p.q), p.seqlen_q, p.heads_q, p.batch, p.q_row_stride,
                                p.q_head_stride, p.q_batch_stride);
-  auto mK = qkv_tensor<Traits>(static_cast<Element const*>(p.k), p.seqlen_k, p.heads_kv, p.batch, p.k_row_stride,
+  auto mK = seq_major_tensor<Traits::kHeadDim>(static_cast<Element const*>(p.k), p.seqlen_k, p.heads_kv, p.batch, p.k_row_stride,
                                p.k_head_stride, p.k_batch_stride);
-  auto mV = qkv_tensor<Traits>(static_cast<Element const*>(p.v), p.seqlen_k, p.heads_kv, p.batch, p.v_row_stride,
+  auto mV = seq_major_tensor<Traits::kHeadDim>(static_cast<Element const*>(p.v), p.seqlen_k, p.heads_kv, p.batch, p.v_row_stride,
                                p.v_head_stride, p.v_batch_stride);
-  auto mO = qkv_tensor<Traits>(static_cast<Element*>(p.out), p.seqlen_q, p.heads_q, p.batch, p.o_row_stride,
+  auto mO = seq_major_tensor<Traits::kHeadDim>(static_cast<Element*>(p.out), p.seqlen_q, p.heads_q, p.batch, p.o_row_stride,
                                p.o_head_stride, p.o_batch_stride);
   constexpr int kRows = Traits::kRowsPerWarpgroup;
   FwdArgs<Traits> args{

@@ -29,34 +29,6 @@ CUTE_DEVICE int sched_barrier(int warpgroup) { return 1 + warpgroup; }
 template <class Traits>
 CUTE_DEVICE int epilogue_barrier(int warpgroup) { return 1 + Traits::kConsumerWarpgroups + warpgroup; }
 
-CUTE_DEVICE void named_barrier_sync(int id, int threads) {
-  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-CUTE_DEVICE void named_barrier_arrive(int id, int threads) {
-  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
-}
-
-// acc (+)= A.B over all k slices as one wgmma batch; waits until at most kWait batches of this
-// warpgroup are still in flight (kWait < 0: no wait).
-template <bool kZeroInit, int kWait, class TiledMma, class TA, class TB, class TC>
-CUTE_DEVICE void wgmma(TiledMma& tiled_mma, TA const& tCrA, TB const& tCrB, TC& tCrC) {
-  // A from registers (P), or shared-memory descriptors (Q).
-  constexpr bool kARegisters = !is_same_v<typename TA::engine_type::iterator, GMMA::DescriptorIterator>;
-  if constexpr (kARegisters) warpgroup_fence_operand(const_cast<TA&>(tCrA));
-  warpgroup_fence_operand(tCrC);
-  warpgroup_arrive();
-  if constexpr (kZeroInit) tiled_mma.accumulate_ = GMMA::ScaleOut::Zero;
-  CUTE_UNROLL
-  for (int k = 0; k < size<2>(tCrA); ++k) {
-    cute::gemm(tiled_mma, tCrA(_, _, k), tCrB(_, _, k), tCrC);
-    tiled_mma.accumulate_ = GMMA::ScaleOut::One;
-  }
-  warpgroup_commit_batch();
-  if constexpr (kWait >= 0) warpgroup_wait<kWait>();
-  warpgroup_fence_operand(tCrC);
-  if constexpr (kARegisters) warpgroup_fence_operand(const_cast<TA&>(tCrA));
-}
-
 // Range of key blocks [min, max) a query tile must visit.
 struct BlockRange {
   int min, max;

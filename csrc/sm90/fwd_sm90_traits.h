@@ -7,23 +7,7 @@
 // all read the same K/V pipeline stages.  One more warpgroup only issues TMA loads.
 #pragma once
 
-// wgmma takes any N that is a multiple of 8; CuTe's op selectors consider the shapes outside
-// powers of two (the 80-key tiles of head dim 256) only when asked.
-#ifndef CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
-#define CUTE_SM90_EXTENDED_MMA_SHAPES_ENABLED
-#endif
-
-// CuTe encodes TMA descriptors through cuTensorMapEncodeTiled, defined in tensor_map_encode.cpp
-// with the driver lookup done once (CUTLASS would repeat it for every descriptor).
-#ifndef CUTLASS_ENABLE_DIRECT_CUDA_DRIVER_CALL
-#define CUTLASS_ENABLE_DIRECT_CUDA_DRIVER_CALL
-#endif
-
-#include <cute/tensor.hpp>  // first: the atom headers below assume it
-#include <cute/atom/copy_traits_sm90_tma.hpp>
-#include <cute/atom/mma_traits_sm90_gmma.hpp>
-#include <cutlass/numeric_types.h>
-#include <cutlass/pipeline/sm90_pipeline.hpp>
+#include "sm90_utils.h"
 
 #include <type_traits>
 

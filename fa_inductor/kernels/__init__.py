@@ -84,19 +84,44 @@ def _forward_family(lib: _library.Library, device: torch.device) -> str:
     return "sm90"
 
 
-class KernelBackend:
-    """The compiled kernels on one CUDA device: the SM90 (FlashAttention-3 design) forward on
-    Hopper when built, the SM80 (FlashAttention-2 design) kernels elsewhere and for the backward."""
+def _backward_family(lib: _library.Library, device: torch.device) -> str:
+    """The backward kernels a call on ``device`` prefers (calls they do not cover take the SM80
+    ones, see ``KernelBackend.backward_family``).  $FA_INDUCTOR_BWD_FAMILY=sm80 forces SM80."""
+    forced = os.environ.get("FA_INDUCTOR_BWD_FAMILY", "")
+    if forced not in ("", "sm80", "sm90"):
+        raise ValueError(f"FA_INDUCTOR_BWD_FAMILY={forced!r}: expected sm80 or sm90")
+    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
+    if forced == "sm80" or not (hopper and lib.has("fa_bwd_sm90")):
+        return "sm80"
+    return "sm90"
 
-    name = "sm80"  # the backward's kernels (and the forward's off Hopper)
+
+class KernelBackend:
+    """The compiled kernels on one CUDA device: the SM90 (FlashAttention-3 design) kernels on
+    Hopper when built, the SM80 (FlashAttention-2 design) kernels elsewhere and for what the SM90
+    ones do not cover."""
+
+    name = "sm80"  # the kernels every call can fall back to
 
     def __init__(self, lib: _library.Library, device: torch.device):
         self.lib = lib
         self.device = device
         self.forward_name = _forward_family(lib, device)
+        self.backward_name = _backward_family(lib, device)
 
     def __repr__(self) -> str:
-        return f"KernelBackend(forward={self.forward_name!r}, backward={self.name!r}, {self.device}, {self.lib.path})"
+        return (f"KernelBackend(forward={self.forward_name!r}, backward={self.backward_name!r}, "
+                f"{self.device}, {self.lib.path})")
+
+    def backward_family(self, q, v, deterministic: bool | None = None) -> str:
+        """The backward kernels a call with these q/v runs (metadata only)."""
+        if self.backward_name != "sm90":
+            return "sm80"
+        if deterministic is None:
+            deterministic = torch.are_deterministic_algorithms_enabled()
+        bwd = _backward_module()
+        hd = padded_head_dim(max(q.size(-1), v.size(-1)))
+        return "sm90" if bwd is not None and hd is not None and bwd.sm90_covers(hd, deterministic) else "sm80"
 
     # ---- forward ---------------------------------------------------------------------------
 
@@ -209,12 +234,17 @@ class KernelBackend:
         return None
 
     def backward(self, grad_out, q, k, v, out, lse, scale, causal, bottom_right, window_left,
-                 window_right, softcap, dq, dk, dv, deterministic: bool = False) -> None:
+                 window_right, softcap, dq, dk, dv, deterministic: bool = False,
+                 family: str | None = None) -> None:
+        """Writes dq, dk, dv.  ``family`` ("sm80" or "sm90") overrides ``backward_family``."""
         bwd = _backward_module()
         if bwd is None:
             raise _library.KernelError("backward kernel not available")
+        family = family or self.backward_family(q, v, deterministic)
+        if family == "sm90" and not self.lib.has("fa_bwd_sm90"):
+            raise _library.KernelError(f"{self.lib.path} has no SM90 backward (build it with --arch 90a)")
         bwd.run_backward(self.lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right,
-                         window_left, window_right, softcap, dq, dk, dv, deterministic)
+                         window_left, window_right, softcap, dq, dk, dv, deterministic, family)
 
 
 _backends: dict[int, KernelBackend | None] = {}

@@ -1,9 +1,11 @@
-"""The SM80 attention backward through the C entry point ``fa_bwd_sm80`` (csrc/bwd_api.cpp).
+"""The attention backward through the C entry points ``fa_bwd_sm80`` (csrc/bwd_api.cpp) and, on
+Hopper, ``fa_bwd_sm90`` (csrc/sm90/bwd_api_sm90.cpp).
 
 ``run_backward`` prepares the tensors (head dim zero-padded to a kernel size, rows 16-byte
-aligned), allocates the fp32 workspaces (dQ accumulator, rowsum(dO * O)) and launches
-preprocessing, the main kernel and the dQ conversion on the current stream.  Padding is exact:
-zero columns of q/k/v/out/dO add nothing to any product and receive zero gradient.
+aligned), allocates the fp32 workspaces (dQ accumulator, rowsum(dO * O), and for SM90 lse in
+base 2) and launches preprocessing, the main kernel and the dQ conversion on the current stream.
+Padding is exact: zero columns of q/k/v/out/dO add nothing to any product and receive zero
+gradient.
 """
 
 from __future__ import annotations
@@ -83,11 +85,24 @@ def _strides(t: torch.Tensor) -> tuple[int, int, int]:
     return tuple(s if n > 1 else 0 for s, n in zip(t.stride()[:3], t.shape[:3]))
 
 
-def _bind(raw: ctypes.CDLL):
-    fn = raw.fa_bwd_sm80
+# Head dims (after padding) the SM90 backward is compiled for; its dK and dV accumulators of
+# larger head dims do not fit in a warpgroup's registers (csrc/sm90/bwd_sm90_traits.h).
+SM90_HEAD_DIMS = (64, 96, 128)
+
+
+def sm90_covers(head_dim: int, deterministic: bool) -> bool:
+    """Whether the SM90 backward takes a call of this (padded) head dim; else the SM80 one runs."""
+    return head_dim in SM90_HEAD_DIMS and not deterministic
+
+
+def _bind(raw: ctypes.CDLL, family: str = "sm80"):
+    fn = getattr(raw, f"fa_bwd_{family}")
     if getattr(fn, "_fa_bound", False) is False:
         fn.restype = ctypes.c_int
-        fn.argtypes = [ctypes.POINTER(FaBwdParams), ctypes.c_void_p]
+        if family == "sm90":  # the base-2 lse workspace is its one extra argument
+            fn.argtypes = [ctypes.POINTER(FaBwdParams), ctypes.c_void_p, ctypes.c_void_p]
+        else:
+            fn.argtypes = [ctypes.POINTER(FaBwdParams), ctypes.c_void_p]
         fn._fa_bound = True
     return fn
 
@@ -107,8 +122,9 @@ def _workspace(shape, device) -> torch.Tensor:
 
 
 def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, window_left,
-                 window_right, softcap, dq, dk, dv, deterministic=False) -> None:
-    """Writes dq, dk, dv (preallocated, their inputs' shapes, last dim contiguous)."""
+                 window_right, softcap, dq, dk, dv, deterministic=False, family="sm80") -> None:
+    """Writes dq, dk, dv (preallocated, their inputs' shapes, last dim contiguous) with the
+    ``family`` ("sm80" or "sm90") kernels; the SM90 ones must cover the call (``sm90_covers``)."""
     from . import _aligned, _prepare, padded_head_dim  # the forward's tensor rules
 
     B, Hq, Sq, D = q.shape
@@ -124,6 +140,11 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
     hd = padded_head_dim(max(D, Dv))
     if hd is None:
         raise ValueError(f"head dim {max(D, Dv)} too large for the compiled backward")
+    if family == "sm90" and not sm90_covers(hd, deterministic):
+        raise ValueError(f"the SM90 backward takes head dims {SM90_HEAD_DIMS} without deterministic "
+                         f"mode (got head dim {hd}, deterministic={deterministic})")
+    if family not in ("sm80", "sm90"):
+        raise ValueError(f"unknown kernel family {family!r}")
     q, k, v, out, grad_out = (_prepare(t, hd) for t in (q, k, v, out, grad_out))
     lse = lse.to(torch.float32).contiguous()
     dq_buf, dk_buf, dv_buf = (_out_buffer(t, hd, _aligned) for t in (dq, dk, dv))
@@ -142,7 +163,9 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
     # Rows padded to 128 (>= any kBlockM): the main kernel adds edge tiles without predicates.
     sq_rounded = -(-Sq // 128) * 128
     dq_accum = _workspace((splits, B, Hq, sq_rounded, hd), q.device)
-    dsum = _workspace((B, Hq, Sq), q.device)
+    # SM90 moves a query tile's row statistics with one bulk copy: rows padded like dq_accum.
+    dsum = _workspace((B, Hq, sq_rounded if family == "sm90" else Sq), q.device)
+    lse_log2 = _workspace((B, Hq, sq_rounded), q.device) if family == "sm90" else None
 
     p = FaBwdParams(
         q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(),
@@ -158,10 +181,14 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
                     ("dq", dq_buf), ("dk", dk_buf), ("dv", dv_buf)):
         getattr(p, f"{name}_strides")[:] = _strides(t)
 
-    fn = _bind(lib.raw)
+    fn = _bind(lib.raw, family)
     with torch.cuda.device(q.device):
-        status = fn(ctypes.byref(p), ctypes.c_void_p(torch.cuda.current_stream(q.device).cuda_stream))
-    lib.check(status, "fa_bwd_sm80")
+        stream = ctypes.c_void_p(torch.cuda.current_stream(q.device).cuda_stream)
+        if family == "sm90":
+            status = fn(ctypes.byref(p), ctypes.c_void_p(lse_log2.data_ptr()), stream)
+        else:
+            status = fn(ctypes.byref(p), stream)
+    lib.check(status, f"fa_bwd_{family}")
     for buf, dst, d in ((dq_buf, dq, D), (dk_buf, dk, D), (dv_buf, dv, Dv)):
         if buf is not dst:
             dst.copy_(buf[..., :d])

@@ -69,10 +69,13 @@ def _select(kernel_check: str, q, k, v, bias, causal, bottom_right, window_left,
     if backend is None:
         passed_over.append("no compiled kernels")
     else:
-        # The forward may run another kernel family than the backward (SM90 on Hopper).
+        # Each direction names the kernel family that runs it (SM90 on Hopper where it covers
+        # the call).
         name = backend.name
         if kernel_check == "forward_unsupported":
             name = getattr(backend, "forward_name", name)
+        elif hasattr(backend, "backward_family"):
+            name = backend.backward_family(q, v)
         why = getattr(backend, kernel_check)(q, k, v, bias, causal, bottom_right, window_left,
                                              window_right, softcap, dropout_p)
         if why is None:

@@ -1,4 +1,5 @@
-"""The SM80 backward kernels (dQ, dK, dV) against float64 autograd (skipped without CUDA).
+"""The backward kernels (dQ, dK, dV) of each family, SM80 and (on Hopper) SM90, against float64
+autograd (skipped without CUDA).
 
 Every case draws fresh random inputs; out and lse come from the float64 reference (the backward's
 contract does not depend on which forward produced them), dq/dk/dv are poisoned with NaN before
@@ -26,12 +27,35 @@ ERROR_FACTOR = 3.0
 ERROR_FLOOR = {torch.float16: 2e-3, torch.bfloat16: 1.5e-2}
 
 
-@pytest.fixture(scope="module")
-def backend():
+class OneFamily:
+    """The kernel backend with its backward pinned to one kernel family.  Calls the SM90 family
+    does not take (head dims over 128, deterministic mode) run the SM80 kernels in production;
+    here they are skipped, as the SM80 parametrisation covers them."""
+
+    def __init__(self, backend, family):
+        self.backend, self.family, self.lib = backend, family, backend.lib
+
+    def backward_unsupported(self, *args):
+        return self.backend.backward_unsupported(*args)
+
+    def backward(self, grad_out, q, k, v, *args):
+        deterministic = args[-1] if len(args) == 12 else False
+        if self.family == "sm90" and self.backend.backward_family(q, v, deterministic) != "sm90":
+            pytest.skip("the SM80 backward runs this call on Hopper")
+        self.backend.backward(grad_out, q, k, v, *args, family=self.family)
+
+
+@pytest.fixture(scope="module", params=["sm80", "sm90"])
+def backend(request):
     b = kernels.get_backend(torch.device("cuda"))
     if b is None:
         pytest.skip(f"no compiled kernels: {kernels.unavailable_reason('cuda')}")
-    return b
+    if request.param == "sm90":
+        if torch.cuda.get_device_capability() != (9, 0):
+            pytest.skip("the SM90 kernels need a Hopper GPU (compute capability 9.0)")
+        assert b.lib.has("fa_bwd_sm90"), f"{b.lib.path} was built without the SM90 backward"
+        assert b.backward_name == "sm90", "on Hopper the SM90 backward is the one dispatched"
+    return OneFamily(b, request.param)
 
 
 def allowed_mask(Sq, Sk, causal, bottom_right, wl, wr, device):
@@ -244,7 +268,55 @@ def test_bad_head_dim_is_an_error_with_a_message(backend):
                              seqlen_q_rounded=128, scale=1.0)
     import ctypes
 
-    fn = backward._bind(backend.lib.raw)
-    status = fn(ctypes.byref(p), ctypes.c_void_p(0))
+    fn = backward._bind(backend.lib.raw, backend.family)
+    if backend.family == "sm90":
+        p.head_dim = 192  # compiled for SM80 only
+        status = fn(ctypes.byref(p), ctypes.c_void_p(lse.data_ptr()), ctypes.c_void_p(0))
+    else:
+        status = fn(ctypes.byref(p), ctypes.c_void_p(0))
     assert status != 0
     assert "head_dim" in backend.lib.last_error()
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_many_key_blocks_and_query_tiles(backend, D):
+    """More key blocks than SMs, GQA, causal: every CTA walks many query tiles of several heads."""
+    run_case(backend, B=2, Hq=8, Hkv=2, Sq=2000, Sk=2100, D=D, causal=True)
+
+
+def test_under_compute_sanitizer(backend, tmp_path):
+    import os
+    import shutil
+    import subprocess
+    import sys
+    import textwrap
+
+    tool = shutil.which("compute-sanitizer") or next(
+        (p for p in ("/usr/local/cuda/bin/compute-sanitizer",) if os.path.exists(p)), None)
+    if tool is None:
+        pytest.skip("compute-sanitizer not found")
+    script = tmp_path / "small_case.py"
+    script.write_text(f"FAMILY = {backend.family!r}\n" + textwrap.dedent("""
+        import torch
+        from fa_inductor import kernels
+        b = kernels.get_backend(torch.device("cuda"))
+        assert b is not None, kernels.unavailable_reason("cuda")
+        for causal, Sq, Sk in ((False, 70, 130), (True, 130, 70)):
+            q = torch.randn(1, Sq, 2, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            k = torch.randn(1, Sk, 1, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            v = torch.randn(1, Sk, 1, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            out = torch.randn(1, Sq, 2, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            dout = torch.randn_like(out)
+            lse = torch.randn(1, 2, Sq, device="cuda") + 5.0
+            grads = [torch.empty_like(t) for t in (q, k, v)]
+            b.backward(dout, q, k, v, out, lse, 0.125, causal, True, -1, -1, 0.0, *grads, False,
+                       family=FAMILY)
+        torch.cuda.synchronize()
+        print("SANITIZED_OK")
+    """))
+    env = dict(os.environ, FA_INDUCTOR_LIBRARY=str(backend.lib.path))
+    for tool_name in ("memcheck", "racecheck"):
+        proc = subprocess.run([tool, "--tool", tool_name, "--error-exitcode", "7", sys.executable, str(script)],
+                              capture_output=True, text=True, env=env, timeout=600)
+        assert proc.returncode == 0 and "SANITIZED_OK" in proc.stdout, (
+            tool_name + proc.stdout[-3000:] + proc.stderr[-3000:])

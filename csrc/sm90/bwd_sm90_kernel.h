@@ -1,0 +1,116 @@
+// The SM90 backward kernel: one CTA per (key block, kv head, batch), longest key blocks first
+// (with a causal mask the first key blocks see the most query rows); a producer warpgroup with
+// TMA loads and two consumer warpgroups, registers moved to them with setmaxnreg.
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+#include <cutlass/arch/reg_reconfig.h>
+#include <cutlass/pipeline/sm90_pipeline.hpp>
+
+#include "bwd_sm90_mainloop.h"
+#include "bwd_sm90_traits.h"
+#include "common/cute_utils.h"
+#include "common/mask.h"
+
+namespace fa::sm90 {
+
+using namespace cute;
+
+// dK (scaled) and dV of one warpgroup's keys: through its K and V buffers (stmatrix) to one TMA
+// store each, which clips the rows past seqlen_k.
+template <class Traits, class AccdK, class AccdV>
+CUTE_DEVICE void store_dk_dv(BwdArgs<Traits> const& args, typename Traits::SharedStorage& smem, int warpgroup,
+                             int thread, int n_block, int head_kv, int batch, AccdK& acc_dk, AccdV& acc_dv) {
+  using Element = typename Traits::Element;
+  constexpr int kKeys = Traits::kKeysPerWarpgroup;
+  constexpr int kHeadDim = Traits::kHeadDim;
+  CUTE_UNROLL
+  for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= args.scale;
+  Tensor sdK = make_tensor(make_smem_ptr(smem.k[warpgroup].data()), typename Traits::SmemLayoutK{});
+  Tensor sdV = make_tensor(make_smem_ptr(smem.v[warpgroup].data()), typename Traits::SmemLayoutK{});
+  typename Traits::TiledMmadKV mma_dkv;
+  auto smem_copy = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_dkv);
+  auto smem_thr_copy = smem_copy.get_thread_slice(thread);
+  Tensor rdK = convert_type<Element>(acc_dk);
+  Tensor rdV = convert_type<Element>(acc_dv);
+  // Every product of this warpgroup that read K and V has been waited for, by every warp.
+  named_barrier_sync(1 + warpgroup, 128);
+  copy(smem_copy, smem_thr_copy.retile_S(rdK), smem_thr_copy.partition_D(sdK));
+  copy(smem_copy, smem_thr_copy.retile_S(rdV), smem_thr_copy.partition_D(sdV));
+  cutlass::arch::fence_view_async_shared();
+  named_barrier_sync(1 + warpgroup, 128);
+  if (thread == 0) {
+    const int tile = n_block * Traits::kConsumerWarpgroups + warpgroup;
+    auto store = [&](auto const& tma, auto const& s) {
+      Tensor m = tma.get_tma_tensor(make_shape(args.seqlen_k, int32_t(kHeadDim), args.heads_kv, args.batch));
+      Tensor g = local_tile(m(_, _, head_kv, batch), Shape<Int<kKeys>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+      auto thr = tma.get_slice(_0{});
+      copy(tma, thr.partition_S(s), thr.partition_D(g)(_, _, _, tile));
+    };
+    store(args.tma_dk, sdK);
+    store(args.tma_dv, sdV);
+    tma_store_arrive();
+    tma_store_wait<0>();  // shared memory must stay valid until the stores have read it
+  }
+}
+
+template <class Traits, bool Is_local, bool Is_softcap>
+__global__ void __launch_bounds__(Traits::kThreads, 1)
+    fa_bwd_sm90_kernel(CUTE_GRID_CONSTANT BwdArgs<Traits> const args) {
+  using SharedStorage = typename Traits::SharedStorage;
+  using Pipeline = typename Traits::Pipeline;
+  extern __shared__ __align__(1024) char smem_raw[];
+  SharedStorage& smem = *reinterpret_cast<SharedStorage*>(smem_raw);
+
+  const int n_block = blockIdx.x, head_kv = blockIdx.y, batch = blockIdx.z;
+  const int warpgroup_idx = cutlass::canonical_warp_group_idx();
+  const bool is_producer = warpgroup_idx == 0;
+  const QueryRange range = query_blocks<Traits, Is_local>(args, n_block);
+
+  if (threadIdx.x == 0) {
+    prefetch_tma_descriptor(args.tma_q.get_tma_descriptor());
+    prefetch_tma_descriptor(args.tma_do.get_tma_descriptor());
+    prefetch_tma_descriptor(args.tma_k.get_tma_descriptor());
+    prefetch_tma_descriptor(args.tma_v.get_tma_descriptor());
+    cutlass::arch::ClusterBarrier::init(&smem.barrier_kv, 1);
+  }
+  typename Pipeline::Params pipe_params;
+  pipe_params.role = is_producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
+  pipe_params.is_leader = threadIdx.x == 0;
+  pipe_params.num_consumers = Traits::kConsumerThreads;
+  pipe_params.transaction_bytes = Traits::kTmaBytesQ;
+  Pipeline pipeline_q(smem.pipeline_q, pipe_params, Shape<_1, _1, _1>{});
+  Pipeline pipeline_do(smem.pipeline_do, pipe_params, Shape<_1, _1, _1>{});
+  __syncthreads();  // barriers initialised before anyone waits on them
+
+  const int group = args.heads_q / args.heads_kv;
+  if (is_producer) {
+    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
+    if (threadIdx.x == 0) {
+      BwdLoader<Traits> loader{args, smem, pipeline_q, pipeline_do};
+      loader.load_kv(n_block, head_kv, batch);
+      for (int h = 0; h < group; ++h) {
+        for (int m = range.min; m < range.max; ++m) loader.load_q_do(m, head_kv * group + h, batch);
+      }
+    }
+    return;
+  }
+
+  cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegisters>();
+  const int warpgroup = warpgroup_idx - 1;
+  const int thread = threadIdx.x % 128;
+  const KeyRange keys{args.seqlen_k, args.diag_offset, args.window_left, args.window_right};
+  typename Traits::TiledMmadKV mma_dkv;
+  Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<Traits::kKeysPerWarpgroup>, Int<Traits::kHeadDim>>{});
+  Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<Traits::kKeysPerWarpgroup>, Int<Traits::kHeadDim>>{});
+  clear(acc_dk);
+  clear(acc_dv);
+  // K and V always land before the epilogue reuses their buffers, even when no row sees the keys.
+  cutlass::arch::ClusterBarrier::wait(&smem.barrier_kv, 0);
+  BwdConsumer<Traits, Is_local, Is_softcap> consumer{args, smem, warpgroup, thread, keys};
+  consumer.run(n_block, head_kv, batch, range, pipeline_q, pipeline_do, acc_dk, acc_dv);
+  store_dk_dv<Traits>(args, smem, warpgroup, thread, n_block, head_kv, batch, acc_dk, acc_dv);
+}
+
+}  // namespace fa::sm90

@@ -1,0 +1,81 @@
+// Host side of the SM90 backward: preprocessing, TMA descriptors and the main kernel, then the dQ
+// conversion, all on the caller's stream.
+#pragma once
+
+#include <cuda_runtime_api.h>
+
+#include <string>
+
+#include "bwd_params.h"
+#include "bwd_sm90_kernel.h"
+#include "bwd_sm90_pre_post.h"
+#include "common/error.h"
+#include "common/static_switch.h"
+
+namespace fa::sm90 {
+
+template <class Traits, bool Is_local, bool Is_softcap>
+int launch_bwd_main(const FaBwdParams& p, const float* lse_log2, cudaStream_t stream) {
+  using Element = typename Traits::Element;
+  constexpr int D = Traits::kHeadDim;
+  const int sq = int(p.seqlen_q), sk = int(p.seqlen_k), b = int(p.batch), hq = int(p.heads_q), hkv = int(p.heads_kv);
+  auto tensor_q = [&](auto ptr, const int64_t* s, int seqlen, int heads) {
+    return seq_major_tensor<D>(ptr, seqlen, heads, b, s[2], s[1], s[0]);
+  };
+  auto mQ = tensor_q(static_cast<Element const*>(p.q), p.q_strides, sq, hq);
+  auto mdO = tensor_q(static_cast<Element const*>(p.dout), p.dout_strides, sq, hq);
+  auto mK = tensor_q(static_cast<Element const*>(p.k), p.k_strides, sk, hkv);
+  auto mV = tensor_q(static_cast<Element const*>(p.v), p.v_strides, sk, hkv);
+  auto mdK = tensor_q(static_cast<Element*>(p.dk), p.dk_strides, sk, hkv);
+  auto mdV = tensor_q(static_cast<Element*>(p.dv), p.dv_strides, sk, hkv);
+  using TileQ = Shape<Int<Traits::kBlockM>, Int<D>>;
+  using TileK = Shape<Int<Traits::kKeysPerWarpgroup>, Int<D>>;
+  auto smem_q = take<0, 2>(typename Traits::SmemLayoutQ{});
+  typename Traits::SmemLayoutK smem_k;
+  BwdArgs<Traits> args{
+      make_tma_copy(SM90_TMA_LOAD{}, mQ, smem_q, TileQ{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mdO, smem_q, TileQ{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mK, smem_k, TileK{}, _1{}),
+      make_tma_copy(SM90_TMA_LOAD{}, mV, smem_k, TileK{}, _1{}),
+      make_tma_copy(SM90_TMA_STORE{}, mdK, smem_k, TileK{}, _1{}),
+      make_tma_copy(SM90_TMA_STORE{}, mdV, smem_k, TileK{}, _1{}),
+      lse_log2, p.dsum, p.dq_accum,
+      b, hq, hkv, sq, sk, int(p.seqlen_q_rounded),
+      p.scale, p.softcap,
+      p.window_left, p.window_right, p.diag_offset,
+  };
+  auto kernel = &fa_bwd_sm90_kernel<Traits, Is_local, Is_softcap>;
+  constexpr int smem = Traits::kSmemBytes;
+  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  if (err != cudaSuccess) {
+    set_last_error(std::string("fa_bwd_sm90: cannot get ") + std::to_string(smem) +
+                   " bytes of shared memory: " + cudaGetErrorString(err));
+    return FA_ERR_CUDA;
+  }
+  const dim3 grid((sk + Traits::kBlockN - 1) / Traits::kBlockN, hkv, b);
+  kernel<<<grid, Traits::kThreads, smem, stream>>>(args);
+  return check_launch("fa_bwd_sm90 launch");
+}
+
+// dsum and lse_log2: [B, Hq, seqlen_q_rounded] fp32 workspaces; dq_accum [B, Hq, seqlen_q_rounded, D].
+template <int kHeadDim, typename Element>
+int run_bwd(const FaBwdParams& p, float* lse_log2, cudaStream_t stream) {
+  using Traits = BwdTraits<kHeadDim, Element>;
+  const int64_t rows = p.batch * p.heads_q * p.seqlen_q_rounded;
+  fa_bwd_sm90_preprocess_kernel<Traits><<<unsigned((rows + kPrepWarps - 1) / kPrepWarps), kPrepWarps * 32, 0, stream>>>(
+      p, lse_log2);
+  if (int status = check_launch("fa_bwd_sm90 preprocessing launch"); status != FA_OK) return status;
+  const bool local = p.window_left >= 0 || p.window_right >= 0;
+  const bool softcap = p.softcap > 0.f;
+  const int status = FA_BOOL_SWITCH(local, Is_local, [&] {
+    return FA_BOOL_SWITCH(softcap, Is_softcap, [&] {
+      return launch_bwd_main<Traits, Is_local, Is_softcap>(p, lse_log2, stream);
+    });
+  });
+  if (status != FA_OK) return status;
+  const int64_t tiles = p.batch * p.heads_q * (p.seqlen_q_rounded / Traits::kBlockM);
+  fa_bwd_sm90_convert_dq_kernel<Traits><<<unsigned(tiles), 128, 0, stream>>>(p);
+  return check_launch("fa_bwd_sm90 dq conversion launch");
+}
+
+}  // namespace fa::sm90

@@ -1,0 +1,278 @@
+// Main loop of the SM90 backward: the producer's TMA loads and one consumer warpgroup's five
+// products per query tile (see bwd_sm90_traits.h for the roles).
+//
+// Consumer schedule per query tile (64 rows):
+//     issue S^T = K Q^T, issue dP^T = V dO^T;  wait S;  P = exp2(S * scale - lse)  (under dP)
+//     wait dP;  dS = P (dP - rowsum(dO * O));  issue dV += P^T dO;  dS -> shared memory
+//     issue dK += dS^T Q, issue dQ = dS K;  wait dV, dK: release Q and dO;  wait dQ: add it to dq_accum
+#pragma once
+
+#include <cute/tensor.hpp>
+#include <cutlass/arch/barrier.h>
+
+#include "bwd_sm90_traits.h"
+#include "common/cute_utils.h"
+#include "common/mask.h"
+
+namespace fa::sm90 {
+
+using namespace cute;
+
+// Query tiles [min, max) whose rows see at least one key of key block n_block (per query head).
+struct QueryRange {
+  int min, max;
+};
+
+template <class Traits, bool Is_local>
+CUTE_DEVICE QueryRange query_blocks(BwdArgs<Traits> const& args, int n_block) {
+  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
+  QueryRange r{0, ceil_div(args.seqlen_q, kBlockM)};
+  if constexpr (Is_local) {
+    // Row i sees key j iff j - offset - window_right <= i <= j - offset + window_left.
+    const int key_first = n_block * kBlockN;
+    const int key_last = min(args.seqlen_k, key_first + kBlockN) - 1;
+    if (args.window_right >= 0) r.min = max(0, key_first - args.diag_offset - args.window_right) / kBlockM;
+    if (args.window_left >= 0) {
+      const int last_row = key_last - args.diag_offset + args.window_left;
+      r.max = last_row < 0 ? 0 : min(r.max, last_row / kBlockM + 1);
+    }
+  }
+  return r;
+}
+
+// The producer's loads, issued by one thread.  Rows past the sequence ends are zero-filled by the
+// TMA unit; their lse (+inf) makes P zero there.
+template <class Traits>
+struct BwdLoader {
+  using Pipeline = typename Traits::Pipeline;
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+  static constexpr int kKeys = Traits::kKeysPerWarpgroup;
+
+  BwdArgs<Traits> const& args;
+  typename Traits::SharedStorage& smem;
+  Pipeline& pipeline_q;
+  Pipeline& pipeline_do;
+  typename Traits::PipelineState state_q = cutlass::make_producer_start_state<Pipeline>();
+  typename Traits::PipelineState state_do = cutlass::make_producer_start_state<Pipeline>();
+
+  CUTE_DEVICE void load_kv(int n_block, int head_kv, int batch) {
+    cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(&smem.barrier_kv, Traits::kTmaBytesKV);
+    auto load = [&](auto const& tma, auto& dst) {
+      Tensor m = tma.get_tma_tensor(make_shape(args.seqlen_k, int32_t(kHeadDim), args.heads_kv, args.batch));
+      Tensor g = local_tile(m(_, _, head_kv, batch), Shape<Int<kKeys>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+      auto thr = tma.get_slice(_0{});
+      CUTE_UNROLL
+      for (int w = 0; w < Traits::kConsumerWarpgroups; ++w) {
+        Tensor s = make_tensor(make_smem_ptr(dst[w].data()), typename Traits::SmemLayoutK{});
+        copy(tma.with(smem.barrier_kv), thr.partition_S(g)(_, _, _, n_block * Traits::kConsumerWarpgroups + w),
+             thr.partition_D(s));
+      }
+    };
+    load(args.tma_k, smem.k);
+    load(args.tma_v, smem.v);
+  }
+
+  // Q (with lse) and dO (with rowsum(dO * O)) of query tile m_block of one query head.
+  CUTE_DEVICE void load_q_do(int m_block, int head, int batch) {
+    const int64_t stats = (int64_t(batch) * args.heads_q + head) * args.seqlen_q_rounded + m_block * kBlockM;
+    auto load = [&](auto const& tma, typename Traits::Element* dst, float const* stats_src, float* stats_dst,
+                    Pipeline& pipeline, auto& state) {
+      Tensor m = tma.get_tma_tensor(make_shape(args.seqlen_q, int32_t(kHeadDim), args.heads_q, args.batch));
+      Tensor g = local_tile(m(_, _, head, batch), Shape<Int<kBlockM>, Int<kHeadDim>>{}, make_coord(_, _0{}));
+      Tensor s = make_tensor(make_smem_ptr(dst), typename Traits::SmemLayoutQ{});
+      auto thr = tma.get_slice(_0{});
+      pipeline.producer_acquire(state);
+      uint64_t* barrier = pipeline.producer_get_barrier(state);
+      copy(tma.with(*barrier), thr.partition_S(g)(_, _, _, m_block), thr.partition_D(s)(_, _, _, state.index()));
+      SM90_BULK_COPY_G2S::copy(stats_src + stats, barrier, stats_dst + state.index() * kBlockM,
+                               kBlockM * int(sizeof(float)));
+      ++state;
+    };
+    load(args.tma_q, smem.q.data(), args.lse_log2, smem.lse_log2.data(), pipeline_q, state_q);
+    load(args.tma_do, smem.dout.data(), args.dsum, smem.dsum.data(), pipeline_do, state_do);
+  }
+
+};
+
+// One consumer warpgroup: its 64 keys against every query tile of every query head of the group,
+// accumulating dK (unscaled) and dV, and adding dQ (unscaled) into dq_accum.
+template <class Traits, bool Is_local, bool Is_softcap>
+struct BwdConsumer {
+  using Element = typename Traits::Element;
+  static constexpr int kBlockM = Traits::kBlockM;
+  static constexpr int kKeys = Traits::kKeysPerWarpgroup;
+  static constexpr int kHeadDim = Traits::kHeadDim;
+
+  BwdArgs<Traits> const& args;
+  typename Traits::SharedStorage& smem;
+  int warpgroup, thread;
+  KeyRange keys;
+
+  // Named barrier of this warpgroup (id 0 is __syncthreads).
+  CUTE_DEVICE int barrier_id() const { return 1 + warpgroup; }
+
+  template <class AccdK, class AccdV>
+  CUTE_DEVICE void run(int n_block, int head_kv, int batch, QueryRange range, typename Traits::Pipeline& pipeline_q,
+                       typename Traits::Pipeline& pipeline_do, AccdK& acc_dk, AccdV& acc_dv) {
+    typename Traits::TiledMmaSdP mma_sdp;
+    typename Traits::TiledMmadKV mma_dkv;
+    typename Traits::TiledMmadQ mma_dq;
+    auto thr_sdp = mma_sdp.get_thread_slice(thread);
+    auto thr_dkv = mma_dkv.get_thread_slice(thread);
+    auto thr_dq = mma_dq.get_thread_slice(thread);
+
+    Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
+    Tensor sQt = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQt{});
+    Tensor sdO = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQ{});
+    Tensor sdOt = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQt{});
+    Tensor sK = make_tensor(make_smem_ptr(smem.k[warpgroup].data()), typename Traits::SmemLayoutK{});
+    Tensor sKt = make_tensor(make_smem_ptr(smem.k[warpgroup].data()), typename Traits::SmemLayoutKt{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v[warpgroup].data()), typename Traits::SmemLayoutK{});
+    Tensor sdS = make_tensor(make_smem_ptr(smem.ds[warpgroup].data()), typename Traits::SmemLayoutdS{});
+    Tensor sdSt = make_tensor(make_smem_ptr(smem.ds[warpgroup].data()), typename Traits::SmemLayoutdSt{});
+
+    Tensor tSrK = thr_sdp.partition_fragment_A(sK);
+    Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);  // (MMA, MMA_N, MMA_K, stage)
+    Tensor tdPrV = thr_sdp.partition_fragment_A(sV);
+    Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO);
+    Tensor tdVrdOt = thr_dkv.partition_fragment_B(sdOt);
+    Tensor tdKrQt = thr_dkv.partition_fragment_B(sQt);
+    Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);  // (MMA, MMA_M, MMA_K, buffer)
+    Tensor tdQrKt = thr_dq.partition_fragment_B(sKt);
+    Tensor tdSsdS = thr_sdp.partition_C(sdSt);  // this thread's S^T elements in dS, (MMA, M, N, buffer)
+
+    Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kKeys>, Int<kBlockM>>{}));
+    Tensor tScS_rc = make_tensor(tScS.data(), acc_to_rowcol(tScS.layout()));  // (keys, queries)
+    constexpr int kRows = decltype(size<0>(tScS_rc))::value;
+    constexpr int kCols = decltype(size<1>(tScS_rc))::value;
+
+    constexpr float kLog2e = 1.4426950408889634f;
+    const float scale_log2 = args.scale * kLog2e;
+    const float scale_over_cap = Is_softcap ? args.scale / args.softcap : 0.f;
+    const float cap_log2 = args.softcap * kLog2e;
+    const int key0 = n_block * Traits::kBlockN + warpgroup * kKeys;
+    const int group = args.heads_q / args.heads_kv;
+
+    typename Traits::PipelineState state_q, state_do;
+    int buffer = 0;
+    for (int h = 0; h < group; ++h) {
+      const int head = head_kv * group + h;
+      for (int m_block = range.min; m_block < range.max; ++m_block, buffer ^= 1) {
+        const int m0 = m_block * kBlockM;
+        Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kKeys>, Int<kBlockM>>{});
+        Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<kKeys>, Int<kBlockM>>{});
+        pipeline_q.consumer_wait(state_q);
+        wgmma<true, -1>(mma_sdp, tSrK, tSrQ(_, _, _, state_q.index()), acc_s);
+        pipeline_do.consumer_wait(state_do);
+        wgmma<true, -1>(mma_sdp, tdPrV, tdPrdO(_, _, _, state_do.index()), acc_dp);
+
+        float const* lse_log2 = smem.lse_log2.data() + state_q.index() * kBlockM;
+        float const* dsum = smem.dsum.data() + state_do.index() * kBlockM;
+        Tensor S = make_tensor(acc_s.data(), acc_to_rowcol(acc_s.layout()));
+        Tensor dP = make_tensor(acc_dp.data(), acc_to_rowcol(acc_dp.layout()));
+        // The mask is needed only where the tile crosses the key end or a diagonal of the band.
+        bool need_mask = key0 + kKeys > args.seqlen_k;
+        if constexpr (Is_local) {
+          need_mask = need_mask || keys.hi(m0) < key0 + kKeys || keys.lo(m0 + kBlockM - 1) > key0;
+        }
+        // P = exp2(S * scale * log2(e) - lse * log2(e)), masked or not (two copies of the loop,
+        // chosen once per tile, so the unmasked one carries no index arithmetic).
+        auto probabilities = [&](auto masked) {
+          CUTE_UNROLL
+          for (int c = 0; c < kCols; ++c) {
+            const int q_local = get<1>(tScS_rc(0, c));
+            const float lse2 = lse_log2[q_local];
+            CUTE_UNROLL
+            for (int r = 0; r < kRows; ++r) {
+              float x2 = fmaf(S(r, c), scale_log2, -lse2);
+              if (masked) {
+                const int key = key0 + get<0>(tScS_rc(r, 0));
+                const int row = m0 + q_local;
+                if (key >= keys.hi(row) || key < keys.lo(row)) x2 = -INFINITY;
+              }
+              S(r, c) = exp2f(x2);
+            }
+          }
+        };
+        if constexpr (Is_softcap) {
+          // The softcap needs tanh' and P together with dP: wait for both products first.
+          warpgroup_wait<0>();
+          CUTE_UNROLL
+          for (int c = 0; c < kCols; ++c) {
+            const int q_local = get<1>(tScS_rc(0, c));
+            const float lse2 = lse_log2[q_local];
+            const float ds = dsum[q_local];
+            CUTE_UNROLL
+            for (int r = 0; r < kRows; ++r) {
+              const float th = tanhf(S(r, c) * scale_over_cap);
+              float x2 = fmaf(th, cap_log2, -lse2);
+              if (need_mask) {
+                const int key = key0 + get<0>(tScS_rc(r, 0));
+                const int row = m0 + q_local;
+                if (key >= keys.hi(row) || key < keys.lo(row)) x2 = -INFINITY;
+              }
+              const float p = exp2f(x2);
+              S(r, c) = p;
+              dP(r, c) = p * (dP(r, c) - ds) * (1.f - th * th);
+            }
+          }
+        } else {
+          warpgroup_wait<1>();  // S has landed; dP may still run
+          if (need_mask) {
+            probabilities(std::true_type{});
+          } else {
+            probabilities(std::false_type{});
+          }
+          warpgroup_wait<0>();
+          CUTE_UNROLL
+          for (int c = 0; c < kCols; ++c) {
+            const float ds = dsum[get<1>(tScS_rc(0, c))];
+            CUTE_UNROLL
+            for (int r = 0; r < kRows; ++r) dP(r, c) = S(r, c) * (dP(r, c) - ds);
+          }
+        }
+
+        Tensor rP = make_tensor_like<Element>(acc_s);
+        copy(convert_type<Element>(acc_s), rP);
+        Tensor tdVrP = make_tensor(rP.data(), acc_to_a_operand(rP.layout()));
+        wgmma<false, -1>(mma_dkv, tdVrP, tdVrdOt(_, _, _, state_do.index()), acc_dv);
+
+        Tensor rdS = make_tensor_like<Element>(acc_dp);
+        copy(convert_type<Element>(acc_dp), rdS);
+        // dS^T into this tile's buffer: the other buffer may still be read by the previous dQ of
+        // a slower warp, this one was last read two tiles ago, before the barrier below.
+        copy(rdS, tdSsdS(_, _, _, buffer));
+        cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by wgmma
+        named_barrier_sync(barrier_id(), 128);
+
+        Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_operand(rdS.layout()));
+        wgmma<false, -1>(mma_dkv, tdKrdS, tdKrQt(_, _, _, state_q.index()), acc_dk);
+        Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
+        wgmma<true, -1>(mma_dq, tdQrdS(_, _, _, buffer), tdQrKt, acc_dq);
+        warpgroup_wait<1>();  // dV and dK are done: Q and dO are no longer read
+        pipeline_q.consumer_release(state_q);
+        pipeline_do.consumer_release(state_do);
+        ++state_q;
+        ++state_do;
+        warpgroup_wait<0>();
+        add_dq(acc_dq, batch, head, m0);
+      }
+    }
+  }
+
+  // dq_accum's 64-row tile in the dQ fragment order: values 4j..4j+3 of thread t at float4 j * 128 + t
+  // (the conversion kernel maps them back), so each warp's 16-byte atomics cover 512 contiguous bytes.
+  template <class AccdQ>
+  CUTE_DEVICE void add_dq(AccdQ const& acc_dq, int batch, int head, int m0) const {
+    static_assert(decltype(size(acc_dq))::value * 128 == kBlockM * kHeadDim);
+    const int64_t tile = (int64_t(batch) * args.heads_q + head) * args.seqlen_q_rounded + m0;
+    float4* dst = reinterpret_cast<float4*>(args.dq_accum + tile * kHeadDim) + thread;
+    CUTE_UNROLL
+    for (int j = 0; j < size(acc_dq) / 4; ++j) {
+      atomicAdd(dst + j * 128, make_float4(acc_dq(4 * j), acc_dq(4 * j + 1), acc_dq(4 * j + 2), acc_dq(4 * j + 3)));
+    }
+  }
+};
+
+}  // namespace fa::sm90

@@ -1,0 +1,125 @@
+// Kernel traits of the SM90 backward (FlashAttention-3 design): tile shapes, warpgroup roles,
+// shared-memory layouts, the wgmma tiles and the TMA copy types.
+//
+// One CTA owns a block of 128 keys of one (batch, kv head) and walks the query tiles (64 rows) of
+// every query head of its group that can see those keys.  Each of the two consumer warpgroups owns
+// 64 of the keys, and computes everything with the keys as the wgmma M dimension:
+//     S^T  = K_w Q^T        dP^T = V_w dO^T               (both operands from shared memory)
+//     dV_w += P^T dO        dK_w += dS^T Q                (P^T, dS^T straight from registers)
+//     dQ   += dS K_w        (dS^T through shared memory, added into an fp32 buffer)
+// so the transposes the FlashAttention-2 backward makes through shared memory are only the
+// operand views of wgmma (MN-major B operands), and the warpgroups never wait for each other.
+// One more warpgroup only issues TMA loads: K and V once, then Q, dO and their row statistics
+// (lse, rowsum(dO * O)) per query tile through a pipeline.
+#pragma once
+
+#include "sm90_utils.h"
+
+#include <type_traits>
+
+namespace fa::sm90 {
+
+using namespace cute;
+
+template <int kHeadDim_, typename Element_, int kStages_ = 2>
+struct BwdTraits {
+  using Element = Element_;
+  using ElementAccum = float;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kBlockM = 64;  // query rows per step: one wgmma N extent of S^T
+  static constexpr int kKeysPerWarpgroup = 64;  // one wgmma M extent
+  static constexpr int kConsumerWarpgroups = 2;
+  static constexpr int kBlockN = kKeysPerWarpgroup * kConsumerWarpgroups;
+  static constexpr int kStages = kStages_;
+  static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
+  static constexpr int kThreads = 128 + kConsumerThreads;  // producer warpgroup first
+  static constexpr int kProducerRegisters = 24;
+  // dK and dV accumulators (64 x D each) stay in registers for the whole CTA.
+  static constexpr int kConsumerRegisters = 240;
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128, "dK + dV accumulators of larger head dims do not fit");
+
+  // (keys, queries, head dim): S^T and dP^T.
+  using TiledMmaSdP = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, ElementAccum, Shape<Int<kKeysPerWarpgroup>, Int<kBlockM>, Int<kHeadDim>>>()));
+  // (keys, head dim, queries): dV += P^T dO and dK += dS^T Q; dO and Q read transposed.
+  using TiledMmadKV = decltype(make_tiled_mma(
+      GMMA::rs_op_selector<Element, Element, ElementAccum, Shape<Int<kKeysPerWarpgroup>, Int<kHeadDim>, Int<kBlockM>>,
+                           GMMA::Major::K, GMMA::Major::MN>()));
+  // (queries, head dim, keys): dQ = dS K, dS stored query-contiguous, K read transposed.
+  using TiledMmadQ = decltype(make_tiled_mma(
+      GMMA::ss_op_selector<Element, Element, ElementAccum, Shape<Int<kBlockM>, Int<kHeadDim>, Int<kKeysPerWarpgroup>>,
+                           GMMA::Major::MN, GMMA::Major::MN>()));
+
+  // 128-byte swizzled rows when the head dim allows (64 elements), else 64-byte rows.
+  using SmemAtom = std::conditional_t<kHeadDim % 64 == 0, GMMA::Layout_K_SW128_Atom<Element>,
+                                      GMMA::Layout_K_SW64_Atom<Element>>;
+  // Q and dO: (queries, head dim, stage); transposed views (head dim, queries, stage).
+  using SmemLayoutQ = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>, Int<kStages>>{}));
+  using SmemLayoutQt = decltype(composition(
+      SmemLayoutQ{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockM>, Int<kStages>>{}, Step<_2, _1, _3>{})));
+  // A warpgroup's K or V: (keys, head dim); K transposed (head dim, keys).
+  using SmemLayoutK = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kKeysPerWarpgroup>, Int<kHeadDim>>{}));
+  using SmemLayoutKt = decltype(composition(
+      SmemLayoutK{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kKeysPerWarpgroup>>{}, Step<_2, _1>{})));
+  // dS as the A operand of dQ: (queries, keys, buffer), queries contiguous, so that the S^T
+  // accumulator (keys, queries) is written as pairs of consecutive queries through the view dSt.
+  // Two buffers: a tile's dS is written while no product reads that buffer.
+  using SmemLayoutdS = decltype(tile_to_shape(GMMA::Layout_MN_SW128_Atom<Element>{},
+                                              Shape<Int<kBlockM>, Int<kKeysPerWarpgroup>, _2>{}));
+  using SmemLayoutdSt = decltype(composition(
+      SmemLayoutdS{}, make_ordered_layout(Shape<Int<kKeysPerWarpgroup>, Int<kBlockM>, _2>{}, Step<_2, _1, _3>{})));
+
+  using ShapeQKV = Shape<int32_t, int32_t, int32_t, int32_t>;  // (seqlen, head dim, heads, batch)
+  using StrideQKV = Stride<int64_t, _1, int64_t, int64_t>;
+  using LayoutQKV = Layout<ShapeQKV, StrideQKV>;
+  using TmaQ = decltype(make_tma_copy(SM90_TMA_LOAD{}, make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), LayoutQKV{}),
+                                      take<0, 2>(SmemLayoutQ{}), Shape<Int<kBlockM>, Int<kHeadDim>>{}, _1{}));
+  using TmaK = decltype(make_tma_copy(SM90_TMA_LOAD{}, make_tensor(make_gmem_ptr(static_cast<Element const*>(nullptr)), LayoutQKV{}),
+                                      SmemLayoutK{}, Shape<Int<kKeysPerWarpgroup>, Int<kHeadDim>>{}, _1{}));
+  using TmadKV = decltype(make_tma_copy(SM90_TMA_STORE{}, make_tensor(make_gmem_ptr(static_cast<Element*>(nullptr)), LayoutQKV{}),
+                                        SmemLayoutK{}, Shape<Int<kKeysPerWarpgroup>, Int<kHeadDim>>{}, _1{}));
+
+  // A pipeline stage: a Q (or dO) tile plus its rows' lse (or rowsum(dO * O)), one fp32 each.
+  static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element) + kBlockM * sizeof(float);
+  static constexpr uint32_t kTmaBytesKV = 2 * kBlockN * kHeadDim * sizeof(Element);
+
+  using Pipeline = cutlass::PipelineTmaAsync<kStages>;
+  using PipelineState = typename Pipeline::PipelineState;
+
+  struct SharedStorage {
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q;
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> dout;
+    cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k[kConsumerWarpgroups];
+    cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> v[kConsumerWarpgroups];
+    cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> ds[kConsumerWarpgroups];
+    cute::array_aligned<float, kBlockM * kStages, 16> lse_log2;
+    cute::array_aligned<float, kBlockM * kStages, 16> dsum;
+    alignas(16) uint64_t barrier_kv;
+    typename Pipeline::SharedStorage pipeline_q;
+    typename Pipeline::SharedStorage pipeline_do;
+  };
+  static constexpr int kSmemBytes = int(sizeof(SharedStorage));
+  static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in an SM90 CTA's shared memory");
+};
+
+// Everything the kernel reads, as one __grid_constant__ argument.
+template <class Traits>
+struct BwdArgs {
+  typename Traits::TmaQ tma_q;
+  typename Traits::TmaQ tma_do;
+  typename Traits::TmaK tma_k;
+  typename Traits::TmaK tma_v;
+  typename Traits::TmadKV tma_dk;
+  typename Traits::TmadKV tma_dv;
+  // [batch, heads_q, seqlen_q_rounded] fp32: lse * log2(e) (+inf for rows without keys and past
+  // seqlen_q) and rowsum(dO * O) (0 past seqlen_q), from the preprocessing kernel.
+  float const* lse_log2;
+  float const* dsum;
+  // [batch, heads_q, seqlen_q_rounded, head dim] fp32, 64-row tiles in the dQ fragment order.
+  float* dq_accum;
+  int32_t batch, heads_q, heads_kv, seqlen_q, seqlen_k, seqlen_q_rounded;
+  float scale, softcap;
+  int32_t window_left, window_right, diag_offset;
+};
+
+}  // namespace fa::sm90
