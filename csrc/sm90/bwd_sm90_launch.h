@@ -74,7 +74,7 @@ int run_bwd(const FaBwdParams& p, float* lse_log2, cudaStream_t stream) {
   });
   if (status != FA_OK) return status;
   const int64_t tiles = p.batch * p.heads_q * (p.seqlen_q_rounded / Traits::kBlockM);
-  fa_bwd_sm90_convert_dq_kernel<Traits><<<unsigned(tiles), 128, 0, stream>>>(p);
+  fa_bwd_sm90_convert_dq_kernel<Traits><<<unsigned(tiles), convert_dq_threads<Traits>(), 0, stream>>>(p);
   return check_launch("fa_bwd_sm90 dq conversion launch");
 }
 

@@ -109,8 +109,9 @@ struct BwdConsumer {
   int warpgroup, thread;
   KeyRange keys;
 
-  // Named barrier of this warpgroup (id 0 is __syncthreads).
+  // Named barrier of this warpgroup (id 0 is __syncthreads), and of both (kDqSplit).
   CUTE_DEVICE int barrier_id() const { return 1 + warpgroup; }
+  static constexpr int kBothBarrier = 1 + Traits::kConsumerWarpgroups;
 
   template <class AccdK, class AccdV>
   CUTE_DEVICE void run(int n_block, int head_kv, int batch, QueryRange range, typename Traits::Pipeline& pipeline_q,
@@ -127,9 +128,7 @@ struct BwdConsumer {
     Tensor sdO = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQ{});
     Tensor sdOt = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQt{});
     Tensor sK = make_tensor(make_smem_ptr(smem.k[warpgroup].data()), typename Traits::SmemLayoutK{});
-    Tensor sKt = make_tensor(make_smem_ptr(smem.k[warpgroup].data()), typename Traits::SmemLayoutKt{});
     Tensor sV = make_tensor(make_smem_ptr(smem.v[warpgroup].data()), typename Traits::SmemLayoutK{});
-    Tensor sdS = make_tensor(make_smem_ptr(smem.ds[warpgroup].data()), typename Traits::SmemLayoutdS{});
     Tensor sdSt = make_tensor(make_smem_ptr(smem.ds[warpgroup].data()), typename Traits::SmemLayoutdSt{});
 
     Tensor tSrK = thr_sdp.partition_fragment_A(sK);
@@ -138,8 +137,19 @@ struct BwdConsumer {
     Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO);
     Tensor tdVrdOt = thr_dkv.partition_fragment_B(sdOt);
     Tensor tdKrQt = thr_dkv.partition_fragment_B(sQt);
-    Tensor tdQrdS = thr_dq.partition_fragment_A(sdS);  // (MMA, MMA_M, MMA_K, buffer)
-    Tensor tdQrKt = thr_dq.partition_fragment_B(sKt);
+    // dQ's operands: this warpgroup's dS and K, or with kDqSplit both warpgroups' dS and K (one
+    // product per warpgroup's keys), restricted to this warpgroup's half of the columns.
+    constexpr int kDqParts = Traits::kDqSplit ? Traits::kConsumerWarpgroups : 1;
+    auto dq_operands = [&](int part) {
+      const int w = Traits::kDqSplit ? part : warpgroup;
+      Tensor sdS_w = make_tensor(make_smem_ptr(smem.ds[w].data()), typename Traits::SmemLayoutdS{});
+      Tensor sKt_w = make_tensor(make_smem_ptr(smem.k[w].data()), typename Traits::SmemLayoutKt{});
+      Tensor sKt_cols = local_tile(sKt_w, Shape<Int<Traits::kDqCols>, Int<kKeys>>{},
+                                   make_coord(Traits::kDqSplit ? warpgroup : 0, 0));
+      return cute::make_tuple(thr_dq.partition_fragment_A(sdS_w), thr_dq.partition_fragment_B(sKt_cols));
+    };
+    auto dq_part0 = dq_operands(0);
+    auto dq_part1 = dq_operands(kDqParts - 1);
     Tensor tdSsdS = thr_sdp.partition_C(sdSt);  // this thread's S^T elements in dS, (MMA, M, N, buffer)
 
     Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kKeys>, Int<kBlockM>>{}));
@@ -244,13 +254,18 @@ struct BwdConsumer {
         // a slower warp, this one was last read two tiles ago, before the barrier below.
         copy(rdS, tdSsdS(_, _, _, buffer));
         cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by wgmma
-        named_barrier_sync(barrier_id(), 128);
+        if constexpr (Traits::kDqSplit) {
+          named_barrier_sync(kBothBarrier, Traits::kConsumerThreads);
+        } else {
+          named_barrier_sync(barrier_id(), 128);
+        }
 
         Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_operand(rdS.layout()));
         wgmma<false, -1>(mma_dkv, tdKrdS, tdKrQt(_, _, _, state_q.index()), acc_dk);
-        Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<kHeadDim>>{});
-        wgmma<true, -1>(mma_dq, tdQrdS(_, _, _, buffer), tdQrKt, acc_dq);
-        warpgroup_wait<1>();  // dV and dK are done: Q and dO are no longer read
+        Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<Traits::kDqCols>>{});
+        wgmma<true, -1>(mma_dq, get<0>(dq_part0)(_, _, _, buffer), get<1>(dq_part0), acc_dq);
+        if constexpr (kDqParts == 2) wgmma<false, -1>(mma_dq, get<0>(dq_part1)(_, _, _, buffer), get<1>(dq_part1), acc_dq);
+        warpgroup_wait<kDqParts>();  // dV and dK are done: Q and dO are no longer read
         pipeline_q.consumer_release(state_q);
         pipeline_do.consumer_release(state_do);
         ++state_q;
@@ -262,12 +277,15 @@ struct BwdConsumer {
   }
 
   // dq_accum's 64-row tile in the dQ fragment order: values 4j..4j+3 of thread t at float4 j * 128 + t
-  // (the conversion kernel maps them back), so each warp's 16-byte atomics cover 512 contiguous bytes.
+  // of the warpgroup's part (the conversion kernel maps them back), so each warp's 16-byte atomics
+  // cover 512 contiguous bytes.  With kDqSplit warpgroup w's columns are part w of the tile.
   template <class AccdQ>
   CUTE_DEVICE void add_dq(AccdQ const& acc_dq, int batch, int head, int m0) const {
-    static_assert(decltype(size(acc_dq))::value * 128 == kBlockM * kHeadDim);
+    constexpr int kPart = kBlockM * Traits::kDqCols;
+    static_assert(decltype(size(acc_dq))::value * 128 == kPart);
     const int64_t tile = (int64_t(batch) * args.heads_q + head) * args.seqlen_q_rounded + m0;
-    float4* dst = reinterpret_cast<float4*>(args.dq_accum + tile * kHeadDim) + thread;
+    float* part = args.dq_accum + tile * kHeadDim + (Traits::kDqSplit ? warpgroup * kPart : 0);
+    float4* dst = reinterpret_cast<float4*>(part) + thread;
     CUTE_UNROLL
     for (int j = 0; j < size(acc_dq) / 4; ++j) {
       atomicAdd(dst + j * 128, make_float4(acc_dq(4 * j), acc_dq(4 * j + 1), acc_dq(4 * j + 2), acc_dq(4 * j + 3)));

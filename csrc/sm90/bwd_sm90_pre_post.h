@@ -61,10 +61,16 @@ __global__ void __launch_bounds__(kPrepWarps * 32)
   for (int c = lane; c < kHeadDim / 4; c += 32) dq[c] = make_float4(0.f, 0.f, 0.f, 0.f);
 }
 
-// One CTA of 128 threads per 64-row tile; thread t reads the values thread t of a consumer
-// warpgroup added, and finds their (row, column) from the same wgmma partition.
+// One CTA per 64-row tile, 128 threads per part of the tile's columns (BwdConsumer::add_dq);
+// thread t of part w reads the values thread t of a consumer warpgroup added there, and finds
+// their (row, column) from the same wgmma partition.
 template <class Traits>
-__global__ void __launch_bounds__(128) fa_bwd_sm90_convert_dq_kernel(const FaBwdParams p) {
+constexpr int convert_dq_threads() {
+  return 128 * (Traits::kHeadDim / Traits::kDqCols);
+}
+
+template <class Traits>
+__global__ void __launch_bounds__(convert_dq_threads<Traits>()) fa_bwd_sm90_convert_dq_kernel(const FaBwdParams p) {
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kHeadDim = Traits::kHeadDim;
@@ -74,9 +80,12 @@ __global__ void __launch_bounds__(128) fa_bwd_sm90_convert_dq_kernel(const FaBwd
   const int64_t b = bh / p.heads_q, h = bh % p.heads_q;
   const int m0 = m_block * kBlockM;
   if (m0 >= p.seqlen_q) return;
+  constexpr int kCols = Traits::kDqCols;
+  const int part = threadIdx.x / 128, thread = threadIdx.x % 128;
   typename Traits::TiledMmadQ mma_dq;
-  Tensor coords = mma_dq.get_thread_slice(threadIdx.x).partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kHeadDim>>{}));
-  const float4* src = reinterpret_cast<const float4*>(p.dq_accum + (bh * p.seqlen_q_rounded + m0) * kHeadDim) + threadIdx.x;
+  Tensor coords = mma_dq.get_thread_slice(thread).partition_C(make_identity_tensor(Shape<Int<kBlockM>, Int<kCols>>{}));
+  const float* tile = p.dq_accum + (bh * p.seqlen_q_rounded + m0) * kHeadDim + part * (kBlockM * kCols);
+  const float4* src = reinterpret_cast<const float4*>(tile) + thread;
   Element* dq = static_cast<Element*>(p.dq) + b * p.dq_strides[0] + h * p.dq_strides[1];
   CUTE_UNROLL
   for (int j = 0; j < size(coords) / 4; ++j) {
@@ -85,7 +94,7 @@ __global__ void __launch_bounds__(128) fa_bwd_sm90_convert_dq_kernel(const FaBwd
     CUTE_UNROLL
     for (int e = 0; e < 4; e += 2) {  // values 2k, 2k + 1 are neighbouring columns of one row
       const int row = m0 + get<0>(coords(4 * j + e));
-      const int col = get<1>(coords(4 * j + e));
+      const int col = part * kCols + get<1>(coords(4 * j + e));
       if (row < p.seqlen_q) {
         Element pair[2] = {Element(vals[e] * p.scale), Element(vals[e + 1] * p.scale)};
         *reinterpret_cast<uint32_t*>(dq + row * p.dq_strides[2] + col) = *reinterpret_cast<uint32_t*>(pair);

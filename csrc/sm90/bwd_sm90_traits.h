@@ -8,7 +8,8 @@
 //     dV_w += P^T dO        dK_w += dS^T Q                (P^T, dS^T straight from registers)
 //     dQ   += dS K_w        (dS^T through shared memory, added into an fp32 buffer)
 // so the transposes the FlashAttention-2 backward makes through shared memory are only the
-// operand views of wgmma (MN-major B operands), and the warpgroups never wait for each other.
+// operand views of wgmma (MN-major B operands).  With head dim 128 the warpgroups split dQ's
+// columns instead (see kDqSplit).
 // One more warpgroup only issues TMA loads: K and V once, then Q, dO and their row statistics
 // (lse, rowsum(dO * O)) per query tile through a pipeline.
 #pragma once
@@ -45,9 +46,15 @@ struct BwdTraits {
   using TiledMmadKV = decltype(make_tiled_mma(
       GMMA::rs_op_selector<Element, Element, ElementAccum, Shape<Int<kKeysPerWarpgroup>, Int<kHeadDim>, Int<kBlockM>>,
                            GMMA::Major::K, GMMA::Major::MN>()));
-  // (queries, head dim, keys): dQ = dS K, dS stored query-contiguous, K read transposed.
+  // (queries, dQ columns, keys): dQ = dS K, dS stored query-contiguous, K read transposed.  With a
+  // head dim of 128 each warpgroup computes half of dQ's columns over all 128 keys (both
+  // warpgroups' dS), so every dQ element is added to dq_accum once, not once per warpgroup: half
+  // the atomic traffic, for a barrier between the warpgroups per tile.  A half is one 64-column
+  // atom of the 128-byte swizzle; the halves of smaller head dims would cut through an atom.
+  static constexpr bool kDqSplit = kHeadDim == 128;
+  static constexpr int kDqCols = kDqSplit ? kHeadDim / kConsumerWarpgroups : kHeadDim;
   using TiledMmadQ = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<Element, Element, ElementAccum, Shape<Int<kBlockM>, Int<kHeadDim>, Int<kKeysPerWarpgroup>>,
+      GMMA::ss_op_selector<Element, Element, ElementAccum, Shape<Int<kBlockM>, Int<kDqCols>, Int<kKeysPerWarpgroup>>,
                            GMMA::Major::MN, GMMA::Major::MN>()));
 
   // 128-byte swizzled rows when the head dim allows (64 elements), else 64-byte rows.
