@@ -72,26 +72,16 @@ def _backward_module():
         return None
 
 
-def _forward_family(lib: _library.Library, device: torch.device) -> str:
-    """The forward kernels a call on ``device`` runs: the SM90 ones on Hopper when the library has
-    them, else the SM80 ones.  $FA_INDUCTOR_FWD_FAMILY=sm80 forces the SM80 kernels (comparisons)."""
-    forced = os.environ.get("FA_INDUCTOR_FWD_FAMILY", "")
+def _family(lib: _library.Library, device: torch.device, direction: str) -> str:
+    """The kernels a call in ``direction`` ("fwd" or "bwd") on ``device`` prefers: the SM90 ones on
+    Hopper when the library has them, else the SM80 ones.  $FA_INDUCTOR_FWD_FAMILY=sm80 (or
+    $FA_INDUCTOR_BWD_FAMILY) forces the SM80 kernels, for comparisons."""
+    var = f"FA_INDUCTOR_{direction.upper()}_FAMILY"
+    forced = os.environ.get(var, "")
     if forced not in ("", "sm80", "sm90"):
-        raise ValueError(f"FA_INDUCTOR_FWD_FAMILY={forced!r}: expected sm80 or sm90")
+        raise ValueError(f"{var}={forced!r}: expected sm80 or sm90")
     hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
-    if forced == "sm80" or not (hopper and lib.has("fa_fwd_sm90")):
-        return "sm80"
-    return "sm90"
-
-
-def _backward_family(lib: _library.Library, device: torch.device) -> str:
-    """The backward kernels a call on ``device`` prefers (calls they do not cover take the SM80
-    ones, see ``KernelBackend.backward_family``).  $FA_INDUCTOR_BWD_FAMILY=sm80 forces SM80."""
-    forced = os.environ.get("FA_INDUCTOR_BWD_FAMILY", "")
-    if forced not in ("", "sm80", "sm90"):
-        raise ValueError(f"FA_INDUCTOR_BWD_FAMILY={forced!r}: expected sm80 or sm90")
-    hopper = device.type == "cuda" and torch.cuda.get_device_capability(device) == (9, 0)
-    if forced == "sm80" or not (hopper and lib.has("fa_bwd_sm90")):
+    if forced == "sm80" or not (hopper and lib.has(f"fa_{direction}_sm90")):
         return "sm80"
     return "sm90"
 
@@ -106,8 +96,8 @@ class KernelBackend:
     def __init__(self, lib: _library.Library, device: torch.device):
         self.lib = lib
         self.device = device
-        self.forward_name = _forward_family(lib, device)
-        self.backward_name = _backward_family(lib, device)
+        self.forward_name = _family(lib, device, "fwd")
+        self.backward_name = _family(lib, device, "bwd")  # see backward_family
 
     def __repr__(self) -> str:
         return (f"KernelBackend(forward={self.forward_name!r}, backward={self.backward_name!r}, "
