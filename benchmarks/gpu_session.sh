@@ -12,6 +12,8 @@
 #             and flash; e.g. FA_FWD_ARGS="--head-dims 64,128,256 --ablation")
 #   bwdbench  benchmarks/bwd_quick.py $FA_BWD_ARGS (our backward kernel families vs SDPA cuDNN
 #             and flash; e.g. FA_BWD_ARGS="--head-dims 64,128")
+#   train     benchmarks/train_step.py --out $OUT/train_step.json $FA_TRAIN_ARGS (an HF Llama
+#             training step, backend="flash" against the default torch.compile)
 #   bench     benchmarks/attention.py --out $OUT $FA_BENCH_ARGS, if it exists (the full harness;
 #             e.g. FA_BENCH_ARGS="--budget-s 420 --dims 128")
 # Logs and results go under $OUT (default ./gpu_out); a short table is printed last.
@@ -20,7 +22,8 @@ export PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
 STEPS=${FA_GPU_STEPS:-"build test fwdbench bench"}
-export FA_INDUCTOR_CACHE=${FA_INDUCTOR_CACHE:-/tmp/fa_inductor_cache}
+# Inside the checkout (git-ignored): a warm machine keeps it for the next call, which then skips the build.
+export FA_INDUCTOR_CACHE=${FA_INDUCTOR_CACHE:-$PWD/.cache/fa_inductor}
 SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 note() { echo "$*" | tee -a "$SUMMARY"; }
@@ -80,6 +83,14 @@ for step in $STEPS; do
       rc=$?
       note "bwdbench: rc=$rc"
       grep -E '^device:|^ +D causal|^bwd ' "$OUT/bwdbench.log" >> "$SUMMARY"
+      [ $rc -ne 0 ] && status=1
+      ;;
+    train)
+      # shellcheck disable=SC2086
+      python3 benchmarks/train_step.py --out "$OUT/train_step.json" ${FA_TRAIN_ARGS:-} 2>&1 | tee "$OUT/train.log"
+      rc=$?
+      note "train: rc=$rc"
+      grep -E '^device:|^seqlen |^train ' "$OUT/train.log" >> "$SUMMARY"
       [ $rc -ne 0 ] && status=1
       ;;
     bench)

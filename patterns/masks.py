@@ -22,9 +22,14 @@ import torch
 from torch.fx import Node
 from torch.fx.node import map_aggregate
 
-# Evaluating a mask materialises it (and its intermediates) on CPU at the traced sizes; bigger
-# masks are left as biases, which is correct, only slower.
-_MAX_NUMEL = 1 << 27
+# Evaluating a mask materialises it (and its intermediates) on CPU at the traced sizes; a mask
+# with an intermediate over this many bytes is left as a bias, which is correct, only slower.
+# 1 GiB covers a float32 mask of 16k x 16k (a long-context model's training length).
+_MAX_BYTES = 1 << 30
+
+
+def _too_big(t: torch.Tensor) -> bool:
+    return t.numel() * t.element_size() > _MAX_BYTES
 
 _POSITION_FUNCTIONS = {
     torch.arange, torch.ones, torch.zeros, torch.full, torch.empty, torch.tril, torch.triu,
@@ -127,7 +132,7 @@ def _position_subgraph(root: Node) -> list[Node]:
             pass
         else:
             raise _NotPositional(n)
-        if not isinstance(ev, torch.Tensor) or (not _symbols(ev) and ev.numel() > _MAX_NUMEL):
+        if not isinstance(ev, torch.Tensor) or (not _symbols(ev) and _too_big(ev)):
             raise _NotPositional(n)
         shape_only = n.op == "call_function" and n.target in _SHAPE_ONLY
         for a in n.all_input_nodes:
@@ -169,31 +174,51 @@ def _evaluate(root: Node, nodes: list[Node], assignment: dict) -> torch.Tensor:
             env[n] = getattr(args[0], n.target)(*args[1:], **kwargs)
         else:
             env[n] = n.target(*args, **kwargs)
-        if isinstance(env[n], torch.Tensor) and env[n].numel() > _MAX_NUMEL:
+        if isinstance(env[n], torch.Tensor) and _too_big(env[n]):
             raise _NotPositional(n)
     return env[root]
 
 
 def _rules(keep: torch.Tensor, sq: int, sk: int) -> set[tuple]:
-    """Every (bottom_right, window_left, window_right) that reproduces a [.., sq, sk] keep mask."""
+    """Every (bottom_right, window_left, window_right) that reproduces a [.., sq, sk] keep mask.
+
+    Works on each row's first and last kept key and count (vectors of sq), never on an
+    [sq, sk] index grid: a 16k x 16k mask is 256 MB as bool but would be 2 GB of int64 indices.
+    A band rule holds iff every row keeps exactly the keys of its clipped band.
+    """
     if keep.dim() < 2:
         keep = keep.reshape((1,) * (2 - keep.dim()) + tuple(keep.shape))
     keep = torch.broadcast_to(keep, keep.shape[:-2] + (sq, sk)).reshape(-1, sq, sk)
     if not bool((keep == keep[:1]).all()):
         return set()  # differs between batch/head slices: not a rule of positions
     keep = keep[0]
-    i = torch.arange(sq)[:, None]
-    j = torch.arange(sk)[None, :]
+    count = keep.sum(1)
+    nonempty = count > 0
+    if not bool(nonempty.any()):
+        return set()
+    as_bytes = keep.to(torch.uint8)
+    first = as_bytes.argmax(1)  # first kept key per row (0 for an empty row)
+    last = (sk - 1) - as_bytes.flip(1).argmax(1)
+    i = torch.arange(sq)
     out = set()
     for bottom_right in (False, True):
-        d = j - (i + ((sk - sq) if bottom_right else 0))
-        if not bool(keep.any()):
-            return set()
-        lo, hi = int(d[keep].min()), int(d[keep].max())
-        if not bool((keep == ((d >= lo) & (d <= hi))).all()):
+        off = (sk - sq) if bottom_right else 0
+        # d = j - (i + off): the kept d range over all rows, and over the whole grid
+        lo = int((first - i - off)[nonempty].min())
+        hi = int((last - i - off)[nonempty].max())
+        d_min, d_max = -(sq - 1) - off, (sk - 1) - off
+        band_first = (i + off + lo).clamp(min=0)
+        band_last = (i + off + hi).clamp(max=sk - 1)
+        band_count = (band_last - band_first + 1).clamp(min=0)
+        # A row keeping band_count keys, the first and last of them at the band's ends, keeps
+        # the whole band and nothing else.
+        if not bool((count == band_count).all()):
             continue
-        wl = -1 if lo == int(d.min()) else -lo
-        wr = -1 if hi == int(d.max()) else hi
+        ends = nonempty.logical_not() | ((first == band_first) & (last == band_last))
+        if not bool(ends.all()):
+            continue
+        wl = -1 if lo == d_min else -lo
+        wr = -1 if hi == d_max else hi
         if (wl != -1 and lo > 0) or (wr != -1 and hi < 0):
             continue  # a window that excludes the diagonal: the op cannot state it
         out.add((bottom_right, wl, wr))

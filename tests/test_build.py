@@ -186,13 +186,15 @@ def test_sm90_backward_uses_wgmma_and_tma(sm90_build):
         assert "UTMALDG" in body, f"{name}: no TMA loads"
         assert "UBLKCP" in body, f"{name}: no bulk copy of the row statistics"
         assert "UTMASTG" in body, f"{name}: no TMA store of dK, dV"
+        assert "UBLKRED" in body, f"{name}: no bulk reduce-add of dQ"
+        assert "ATOMG" not in body and "REDG" not in body, f"{name}: dQ added by per-thread atomics"
         assert "USETMAXREG" in body, f"{name}: no register reallocation"
-    # Head dims 64 and 96 do not spill; 128 (dK, dV, dQ accumulators) spills a few bytes, which
-    # is recorded here so that growth shows up (see benchmarks/results/sm90_bwd_h100.md).
+    # A few bytes spill: loop state of the producer warpgroup (24 registers) outside its loads,
+    # and at head dim 128 a word or two of the consumers' (dK, dV, dQ accumulators).  Bounded
+    # so that growth shows up (see benchmarks/results/sm90_bwd_h100.md).
     spills = [line for line in build.spill_report(log) if "fa_bwd_sm90_kernel" in line]
-    assert all("Li128E" in line for line in spills), "\n".join(spills)
     worst = max((int(m) for line in spills for m in re.findall(r"(\d+) bytes spill stores", line)), default=0)
-    assert worst <= 40, "\n".join(spills)
+    assert worst <= 32, "\n".join(spills)
 
 
 def test_missing_nvcc_is_a_clear_error(monkeypatch):

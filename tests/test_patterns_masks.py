@@ -220,3 +220,60 @@ def test_sdpa_bool_mask_from_positions_is_bottom_right_causal(dynamic):
     [site] = cap.sites
     assert (site.variant.mask, site.variant.alignment) == ("causal", "bottom-right"), site
     assert ", None, " in _op_flags(cap.graphs[0])
+
+
+def _band_rules_by_grid(keep, sq, sk):
+    """The rules of a keep mask by definition: every band [lo, hi] of d = j - (i + off) that
+    equals the mask on the whole grid (the slow form of masks._rules, as the spec)."""
+    i = torch.arange(sq)[:, None]
+    j = torch.arange(sk)[None, :]
+    out = set()
+    for bottom_right in (False, True):
+        d = j - (i + ((sk - sq) if bottom_right else 0))
+        if not bool(keep.any()):
+            return set()
+        lo, hi = int(d[keep].min()), int(d[keep].max())
+        if not bool((keep == ((d >= lo) & (d <= hi))).all()):
+            continue
+        wl = -1 if lo == int(d.min()) else -lo
+        wr = -1 if hi == int(d.max()) else hi
+        if (wl != -1 and lo > 0) or (wr != -1 and hi < 0):
+            continue
+        out.add((bottom_right, wl, wr))
+    return out
+
+
+@pytest.mark.parametrize("sq,sk", [(1, 1), (1, 9), (9, 1), (7, 7), (5, 12), (12, 5), (16, 16)])
+def test_rules_from_row_ends_agree_with_the_grid_definition(sq, sk):
+    from fa_inductor.patterns import masks
+
+    g = torch.Generator().manual_seed(sq * 100 + sk)
+    i = torch.arange(sq)[:, None]
+    j = torch.arange(sk)[None, :]
+    cases = [torch.ones(sq, sk, dtype=torch.bool), torch.zeros(sq, sk, dtype=torch.bool)]
+    for off in (0, sk - sq):
+        d = j - (i + off)
+        for lo in range(-sq - 1, 3):
+            for hi in range(-2, sk + 1):
+                cases.append((d >= lo) & (d <= hi))
+    for _ in range(20):  # noise, and bands with a hole or an extra key
+        cases.append(torch.rand(sq, sk, generator=g) < 0.5)
+        band = (j <= i).clone()
+        r, c = int(torch.randint(sq, (1,), generator=g)), int(torch.randint(sk, (1,), generator=g))
+        band[r, c] = ~band[r, c]
+        cases.append(band)
+    for keep in cases:
+        assert masks._rules(keep, sq, sk) == _band_rules_by_grid(keep, sq, sk), keep.int()
+        assert masks._rules(keep.expand(2, 3, sq, sk), sq, sk) == _band_rules_by_grid(keep, sq, sk)
+
+
+def test_causal_mask_of_a_long_sequence_is_still_classified():
+    # 12k x 12k: above the 2**27 elements the classification once stopped at (16k training
+    # runs of HF models kept their causal mask as a bias and left the compiled kernels).
+    t = 12288
+    compiled, cap = compile_fn(tril_ones_masked_fill)
+    q, k, v = (torch.randn(1, 1, t, 8) for _ in range(3))
+    compiled(q, k, v)
+    [site] = cap.sites
+    assert site.variant.mask == "causal", site
+    assert ", None, " in _op_flags(cap.graphs[0])  # no bias tensor left

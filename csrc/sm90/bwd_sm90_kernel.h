@@ -1,6 +1,6 @@
 // The SM90 backward kernel: one CTA per (key block, kv head, batch), longest key blocks first
 // (with a causal mask the first key blocks see the most query rows); a producer warpgroup with
-// TMA loads and two consumer warpgroups, registers moved to them with setmaxnreg.
+// TMA loads and the dQ writer warp, and two consumer warpgroups, registers moved to them with setmaxnreg.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -35,11 +35,11 @@ CUTE_DEVICE void store_dk_dv(BwdArgs<Traits> const& args, typename Traits::Share
   Tensor rdK = convert_type<Element>(acc_dk);
   Tensor rdV = convert_type<Element>(acc_dv);
   // Every product of this warpgroup that read K and V has been waited for, by every warp.
-  named_barrier_sync(1 + warpgroup, 128);
+  named_barrier_sync(BwdBarriers::warpgroup(warpgroup), 128);
   copy(smem_copy, smem_thr_copy.retile_S(rdK), smem_thr_copy.partition_D(sdK));
   copy(smem_copy, smem_thr_copy.retile_S(rdV), smem_thr_copy.partition_D(sdV));
   cutlass::arch::fence_view_async_shared();
-  named_barrier_sync(1 + warpgroup, 128);
+  named_barrier_sync(BwdBarriers::warpgroup(warpgroup), 128);
   if (thread == 0) {
     const int tile = n_block * Traits::kConsumerWarpgroups + warpgroup;
     auto store = [&](auto const& tma, auto const& s) {
@@ -90,9 +90,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     if (threadIdx.x == 0) {
       BwdLoader<Traits> loader{args, smem, pipeline_q, pipeline_do};
       loader.load_kv(n_block, head_kv, batch);
+      // Not unrolled: unrolled copies of the loads spill in the producer's 24 registers.
+#pragma unroll 1
       for (int h = 0; h < group; ++h) {
+#pragma unroll 1
         for (int m = range.min; m < range.max; ++m) loader.load_q_do(m, head_kv * group + h, batch);
       }
+    } else if (threadIdx.x / 32 == 1) {
+      BwdDqWriter<Traits>{args, smem}.run(head_kv, batch, range, threadIdx.x % 32);
     }
     return;
   }

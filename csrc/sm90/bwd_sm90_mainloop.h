@@ -4,7 +4,8 @@
 // Consumer schedule per query tile (64 rows):
 //     issue S^T = K Q^T, issue dP^T = V dO^T;  wait S;  P = exp2(S * scale - lse)  (under dP)
 //     wait dP;  dS = P (dP - rowsum(dO * O));  issue dV += P^T dO;  dS -> shared memory
-//     issue dK += dS^T Q, issue dQ = dS K;  wait dV, dK: release Q and dO;  wait dQ: add it to dq_accum
+//     issue dQ = dS K, issue dK += dS^T Q;  wait dQ: dQ -> shared memory for the writer warp (under dK)
+//     wait dK: release Q and dO
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -108,10 +109,6 @@ struct BwdConsumer {
   typename Traits::SharedStorage& smem;
   int warpgroup, thread;
   KeyRange keys;
-
-  // Named barrier of this warpgroup (id 0 is __syncthreads), and of both (kDqSplit).
-  CUTE_DEVICE int barrier_id() const { return 1 + warpgroup; }
-  static constexpr int kBothBarrier = 1 + Traits::kConsumerWarpgroups;
 
   template <class AccdK, class AccdV>
   CUTE_DEVICE void run(int n_block, int head_kv, int batch, QueryRange range, typename Traits::Pipeline& pipeline_q,
@@ -255,41 +252,92 @@ struct BwdConsumer {
         copy(rdS, tdSsdS(_, _, _, buffer));
         cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by wgmma
         if constexpr (Traits::kDqSplit) {
-          named_barrier_sync(kBothBarrier, Traits::kConsumerThreads);
+          named_barrier_sync(BwdBarriers::kBothWarpgroups, Traits::kConsumerThreads);
         } else {
-          named_barrier_sync(barrier_id(), 128);
+          named_barrier_sync(BwdBarriers::warpgroup(warpgroup), 128);
         }
 
-        Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_operand(rdS.layout()));
-        wgmma<false, -1>(mma_dkv, tdKrdS, tdKrQt(_, _, _, state_q.index()), acc_dk);
         Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<Traits::kDqCols>>{});
         wgmma<true, -1>(mma_dq, get<0>(dq_part0)(_, _, _, buffer), get<1>(dq_part0), acc_dq);
         if constexpr (kDqParts == 2) wgmma<false, -1>(mma_dq, get<0>(dq_part1)(_, _, _, buffer), get<1>(dq_part1), acc_dq);
-        warpgroup_wait<kDqParts>();  // dV and dK are done: Q and dO are no longer read
+        Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_operand(rdS.layout()));
+        wgmma<false, -1>(mma_dkv, tdKrdS, tdKrQt(_, _, _, state_q.index()), acc_dk);
+        warpgroup_wait<1>();  // dV and dQ are done, dK may still run
+        stage_dq(acc_dq, /*first_tile=*/h == 0 && m_block == range.min);
+        warpgroup_wait<0>();  // Q and dO are no longer read
         pipeline_q.consumer_release(state_q);
         pipeline_do.consumer_release(state_do);
         ++state_q;
         ++state_do;
-        warpgroup_wait<0>();
-        add_dq(acc_dq, batch, head, m0);
       }
     }
   }
 
-  // dq_accum's 64-row tile in the dQ fragment order: values 4j..4j+3 of thread t at float4 j * 128 + t
-  // of the warpgroup's part (the conversion kernel maps them back), so each warp's 16-byte atomics
-  // cover 512 contiguous bytes.  With kDqSplit warpgroup w's columns are part w of the tile.
+  // dQ of this tile into the warpgroup's shared buffer in the dQ fragment order (values 4j..4j+3 of
+  // thread t at float4 j * 128 + t, which the conversion kernel maps back; each warp's stores cover
+  // 512 contiguous bytes), then handed to the writer warp.  The buffer is free again once the
+  // writer's bulk reduce of the previous tile has read it.
   template <class AccdQ>
-  CUTE_DEVICE void add_dq(AccdQ const& acc_dq, int batch, int head, int m0) const {
-    constexpr int kPart = kBlockM * Traits::kDqCols;
-    static_assert(decltype(size(acc_dq))::value * 128 == kPart);
-    const int64_t tile = (int64_t(batch) * args.heads_q + head) * args.seqlen_q_rounded + m0;
-    float* part = args.dq_accum + tile * kHeadDim + (Traits::kDqSplit ? warpgroup * kPart : 0);
-    float4* dst = reinterpret_cast<float4*>(part) + thread;
+  CUTE_DEVICE void stage_dq(AccdQ const& acc_dq, bool first_tile) const {
+    static_assert(decltype(size(acc_dq))::value * 128 == Traits::kDqPart);
+    if (!first_tile) named_barrier_sync(BwdBarriers::dq_empty(warpgroup), BwdBarriers::kDqHandoffThreads);
+    float4* dst = reinterpret_cast<float4*>(smem.dq.data() + warpgroup * Traits::kDqPart) + thread;
     CUTE_UNROLL
     for (int j = 0; j < size(acc_dq) / 4; ++j) {
-      atomicAdd(dst + j * 128, make_float4(acc_dq(4 * j), acc_dq(4 * j + 1), acc_dq(4 * j + 2), acc_dq(4 * j + 3)));
+      dst[j * 128] = make_float4(acc_dq(4 * j), acc_dq(4 * j + 1), acc_dq(4 * j + 2), acc_dq(4 * j + 3));
     }
+    cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by the bulk reduce
+    named_barrier_arrive(BwdBarriers::dq_full(warpgroup), BwdBarriers::kDqHandoffThreads);
+  }
+};
+
+// The writer warp: per query tile, in the consumers' order, each warpgroup's dQ buffer added into
+// dq_accum by one bulk reduce (dq_accum's 64-row tile; with kDqSplit warpgroup w's columns are
+// part w of it, else both warpgroups add into the whole tile).  Lane 0 issues, the warp waits.
+template <class Traits>
+struct BwdDqWriter {
+  BwdArgs<Traits> const& args;
+  typename Traits::SharedStorage& smem;
+
+  CUTE_DEVICE void run(int head_kv, int batch, QueryRange range, int lane) {
+    // Few registers here (setmaxnreg): pointers are stepped, not recomputed per tile.
+    constexpr int kWarpgroups = Traits::kConsumerWarpgroups;
+    constexpr int kPart = Traits::kDqPart;
+    constexpr int kTile = Traits::kBlockM * Traits::kHeadDim;
+    const int group = args.heads_q / args.heads_kv;
+    const int blocks = max(0, range.max - range.min);
+    int left = group * blocks;  // tiles still to add
+    float* head_tile = args.dq_accum + ((int64_t(batch) * args.heads_q + int64_t(head_kv) * group) *
+                                            args.seqlen_q_rounded + range.min * Traits::kBlockM) * Traits::kHeadDim;
+    const int64_t head_step = int64_t(args.seqlen_q_rounded) * Traits::kHeadDim;
+#pragma unroll 1
+    for (int h = 0; h < group; ++h, head_tile += head_step) {
+      float* dst = head_tile;
+#pragma unroll 1
+      for (int b = 0; b < blocks; ++b, dst += kTile) {
+        --left;
+        CUTE_UNROLL
+        for (int w = 0; w < kWarpgroups; ++w) {
+          named_barrier_sync(BwdBarriers::dq_full(w), BwdBarriers::kDqHandoffThreads);
+          if (lane == 0) {
+            bulk_reduce_add(dst + (Traits::kDqSplit ? w * kPart : 0), smem.dq.data() + w * kPart,
+                            kPart * int(sizeof(float)));
+          }
+        }
+        if (lane == 0) {
+          tma_store_arrive();  // commits this tile's reduces as one bulk group
+          bulk_wait_all</*kRead=*/true>();
+        }
+        __syncwarp();
+        if (left > 0) {
+          CUTE_UNROLL
+          for (int w = 0; w < kWarpgroups; ++w) {
+            named_barrier_arrive(BwdBarriers::dq_empty(w), BwdBarriers::kDqHandoffThreads);
+          }
+        }
+      }
+    }
+    if (lane == 0) bulk_wait_all</*kRead=*/false>();
   }
 };
 

@@ -2,7 +2,7 @@
 //  - preprocessing: rowsum(dO * O) and lse * log2(e) per query row, padded to seqlen_q_rounded
 //    (so the producer can move a tile's 64 values with one bulk copy: +inf lse past seqlen_q and
 //    for rows without keys makes their P exactly zero), and zeroing of dq_accum;
-//  - conversion: dq = scale * dq_accum from the dQ fragment order (BwdConsumer::add_dq) to the
+//  - conversion: dq = scale * dq_accum from the dQ fragment order (BwdConsumer::stage_dq) to the
 //    output's layout and dtype.
 #pragma once
 
@@ -61,7 +61,7 @@ __global__ void __launch_bounds__(kPrepWarps * 32)
   for (int c = lane; c < kHeadDim / 4; c += 32) dq[c] = make_float4(0.f, 0.f, 0.f, 0.f);
 }
 
-// One CTA per 64-row tile, 128 threads per part of the tile's columns (BwdConsumer::add_dq);
+// One CTA per 64-row tile, 128 threads per part of the tile's columns (BwdConsumer::stage_dq);
 // thread t of part w reads the values thread t of a consumer warpgroup added there, and finds
 // their (row, column) from the same wgmma partition.
 template <class Traits>

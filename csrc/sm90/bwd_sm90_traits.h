@@ -6,12 +6,15 @@
 // 64 of the keys, and computes everything with the keys as the wgmma M dimension:
 //     S^T  = K_w Q^T        dP^T = V_w dO^T               (both operands from shared memory)
 //     dV_w += P^T dO        dK_w += dS^T Q                (P^T, dS^T straight from registers)
-//     dQ   += dS K_w        (dS^T through shared memory, added into an fp32 buffer)
+//     dQ   += dS K_w        (dS^T through shared memory; dQ through shared memory too, added
+//                            into an fp32 buffer by one bulk reduce per tile)
 // so the transposes the FlashAttention-2 backward makes through shared memory are only the
 // operand views of wgmma (MN-major B operands).  With head dim 128 the warpgroups split dQ's
 // columns instead (see kDqSplit).
-// One more warpgroup only issues TMA loads: K and V once, then Q, dO and their row statistics
-// (lse, rowsum(dO * O)) per query tile through a pipeline.
+// One more warpgroup moves data: one thread issues the TMA loads (K and V once, then Q, dO and
+// their row statistics, lse and rowsum(dO * O), per query tile through a pipeline), one warp adds
+// each tile's dQ from shared memory into global memory (bulk reduce-add in L2) while the
+// consumers go on with the next tile.
 #pragma once
 
 #include "sm90_utils.h"
@@ -34,9 +37,14 @@ struct BwdTraits {
   static constexpr int kStages = kStages_;
   static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
   static constexpr int kThreads = 128 + kConsumerThreads;  // producer warpgroup first
+  // setmaxnreg moves registers within the CTA's own allocation (168 x 384 at launch): 128 x 24 +
+  // 256 x 240 is all of it.  A larger sum makes the consumers' increase wait forever.
   static constexpr int kProducerRegisters = 24;
   // dK and dV accumulators (64 x D each) stay in registers for the whole CTA.
   static constexpr int kConsumerRegisters = 240;
+  static constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;  // per thread, at one CTA per SM
+  static_assert(128 * kProducerRegisters + kConsumerThreads * kConsumerRegisters <= kLaunchRegisters * kThreads,
+                "setmaxnreg cannot hand out more registers than the CTA was launched with");
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128, "dK + dV accumulators of larger head dims do not fit");
 
   // (keys, queries, head dim): S^T and dP^T.
@@ -49,10 +57,11 @@ struct BwdTraits {
   // (queries, dQ columns, keys): dQ = dS K, dS stored query-contiguous, K read transposed.  With a
   // head dim of 128 each warpgroup computes half of dQ's columns over all 128 keys (both
   // warpgroups' dS), so every dQ element is added to dq_accum once, not once per warpgroup: half
-  // the atomic traffic, for a barrier between the warpgroups per tile.  A half is one 64-column
+  // the reduce-add traffic into L2, for a barrier between the warpgroups per tile.  A half is one 64-column
   // atom of the 128-byte swizzle; the halves of smaller head dims would cut through an atom.
   static constexpr bool kDqSplit = kHeadDim == 128;
   static constexpr int kDqCols = kDqSplit ? kHeadDim / kConsumerWarpgroups : kHeadDim;
+  static constexpr int kDqPart = kBlockM * kDqCols;  // fp32 elements of dQ one warpgroup adds per tile
   using TiledMmadQ = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, ElementAccum, Shape<Int<kBlockM>, Int<kDqCols>, Int<kKeysPerWarpgroup>>,
                            GMMA::Major::MN, GMMA::Major::MN>()));
@@ -99,6 +108,8 @@ struct BwdTraits {
     cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k[kConsumerWarpgroups];
     cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> v[kConsumerWarpgroups];
     cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> ds[kConsumerWarpgroups];
+    // Each warpgroup's dQ of the current tile, in the dQ fragment order of dq_accum.
+    cute::array_aligned<float, kDqPart * kConsumerWarpgroups, 128> dq;
     cute::array_aligned<float, kBlockM * kStages, 16> lse_log2;
     cute::array_aligned<float, kBlockM * kStages, 16> dsum;
     alignas(16) uint64_t barrier_kv;
@@ -107,6 +118,16 @@ struct BwdTraits {
   };
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in an SM90 CTA's shared memory");
+};
+
+// Named barriers (0 is __syncthreads).  dQFull / dQEmpty hand a warpgroup's dQ buffer to the
+// writer warp and back: 128 consumer threads plus the writer's 32.
+struct BwdBarriers {
+  static constexpr int kDqHandoffThreads = 128 + 32;
+  CUTE_HOST_DEVICE static constexpr int warpgroup(int w) { return 1 + w; }
+  static constexpr int kBothWarpgroups = 3;
+  CUTE_HOST_DEVICE static constexpr int dq_full(int w) { return 4 + w; }
+  CUTE_HOST_DEVICE static constexpr int dq_empty(int w) { return 6 + w; }
 };
 
 // Everything the kernel reads, as one __grid_constant__ argument.

@@ -31,6 +31,25 @@ CUTE_DEVICE void named_barrier_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+// Adds `bytes` of fp32 from shared memory into global memory element by element, in L2, as one
+// bulk operation of the async proxy (one instruction for a whole tile instead of one atomic per
+// 16 bytes per thread).  Both addresses 16-byte aligned, bytes a multiple of 16.
+CUTE_DEVICE void bulk_reduce_add(float* gmem, float const* smem, int bytes) {
+  asm volatile("cp.reduce.async.bulk.global.shared::cta.bulk_group.add.f32 [%0], [%1], %2;\n" ::"l"(gmem),
+               "r"(cast_smem_ptr_to_uint(smem)), "r"(bytes)
+               : "memory");
+}
+// Waits until this thread's committed bulk operations have finished reading shared memory
+// (kRead), or have completed.
+template <bool kRead>
+CUTE_DEVICE void bulk_wait_all() {
+  if constexpr (kRead) {
+    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
+  } else {
+    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
+  }
+}
+
 // acc (+)= A.B over all k slices as one wgmma batch; waits until at most kWait batches of this
 // warpgroup are still in flight (kWait < 0: no wait).
 template <bool kZeroInit, int kWait, class TiledMma, class TA, class TB, class TC>
