@@ -16,6 +16,7 @@
 #             training step, backend="flash" against the default torch.compile)
 #   bench     benchmarks/attention.py --out $OUT $FA_BENCH_ARGS, if it exists (the full harness;
 #             e.g. FA_BENCH_ARGS="--budget-s 420 --dims 128")
+# The benchmark steps run under FA_STEP_TIMEOUT seconds each (default 300).
 # Logs and results go under $OUT (default ./gpu_out); a short table is printed last.
 set -o pipefail
 export PYTHONUNBUFFERED=1
@@ -46,6 +47,18 @@ fi
 DEVICE=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
 note "device: $DEVICE  arch: $FA_GPU_ARCH  steps: $STEPS"
 
+# A benchmark script with its JSON under $OUT and its table rows copied into the summary.  Each
+# runs under a time limit (FA_STEP_TIMEOUT, default 300 s): a hung kernel costs one step, not the
+# whole call and the logs of the steps after it.
+quick_bench() {  # name script json summary-rows-regex args
+  # shellcheck disable=SC2086
+  timeout "${FA_STEP_TIMEOUT:-300}" python3 "$2" --out "$OUT/$3" $5 2>&1 | tee "$OUT/$1.log"
+  local rc=$?
+  note "$1: rc=$rc$([ $rc -eq 124 ] && echo ' (timed out)')"
+  grep -E "$4" "$OUT/$1.log" >> "$SUMMARY"
+  [ $rc -ne 0 ] && status=1
+}
+
 status=0
 for step in $STEPS; do
   case $step in
@@ -69,30 +82,9 @@ for step in $STEPS; do
       note "test: rc=$rc in $(( $(date +%s) - t0 )) s: $(grep -E '^[0-9]+ (passed|failed)|^=+ .*(passed|failed|error)' "$OUT/pytest.log" | tail -1)"
       [ $rc -ne 0 ] && status=1
       ;;
-    fwdbench)
-      # shellcheck disable=SC2086
-      python3 benchmarks/fwd_quick.py --out "$OUT/fwd_quick.json" ${FA_FWD_ARGS:-} 2>&1 | tee "$OUT/fwdbench.log"
-      rc=$?
-      note "fwdbench: rc=$rc"
-      grep -E '^device:|^d= *[0-9]+ S=' "$OUT/fwdbench.log" >> "$SUMMARY"
-      [ $rc -ne 0 ] && status=1
-      ;;
-    bwdbench)
-      # shellcheck disable=SC2086
-      python3 benchmarks/bwd_quick.py --out "$OUT/bwd_quick.json" ${FA_BWD_ARGS:-} 2>&1 | tee "$OUT/bwdbench.log"
-      rc=$?
-      note "bwdbench: rc=$rc"
-      grep -E '^device:|^ +D causal|^bwd ' "$OUT/bwdbench.log" >> "$SUMMARY"
-      [ $rc -ne 0 ] && status=1
-      ;;
-    train)
-      # shellcheck disable=SC2086
-      python3 benchmarks/train_step.py --out "$OUT/train_step.json" ${FA_TRAIN_ARGS:-} 2>&1 | tee "$OUT/train.log"
-      rc=$?
-      note "train: rc=$rc"
-      grep -E '^device:|^seqlen |^train ' "$OUT/train.log" >> "$SUMMARY"
-      [ $rc -ne 0 ] && status=1
-      ;;
+    fwdbench) quick_bench fwdbench benchmarks/fwd_quick.py fwd_quick.json '^device:|^d= *[0-9]+ S=' "${FA_FWD_ARGS:-}" ;;
+    bwdbench) quick_bench bwdbench benchmarks/bwd_quick.py bwd_quick.json '^device:|^ +D causal|^bwd ' "${FA_BWD_ARGS:-}" ;;
+    train) quick_bench train benchmarks/train_step.py train_step.json '^device:|^seqlen |^train ' "${FA_TRAIN_ARGS:-}" ;;
     bench)
       if [ -f benchmarks/attention.py ]; then
         # shellcheck disable=SC2086
