@@ -35,7 +35,8 @@ def build_model(args):
 
 
 def run(base, backend, ids, args):
-    """(warm-up seconds, median step ms, attention kernels seen) of one backend."""
+    """(warm-up seconds, median step ms, attention kernels seen, why our kernels were passed over,
+    final loss) of one backend."""
     from fa_inductor.ops import dispatch
 
     torch._dynamo.reset()
@@ -57,6 +58,9 @@ def run(base, backend, ids, args):
         torch.cuda.synchronize()
     warmup_s = time.perf_counter() - t0
     kernels = Counter(f"{direction}:{choice.name}" for direction, choice in ran)
+    # A fallback's reason (a mask kept as a bias, say) is what explains a slow flash step.
+    passed_over = sorted({f"{direction}:{choice.name}: {choice.reason}" for direction, choice in ran
+                          if choice.name in (dispatch.SDPA_FLASH, dispatch.SDPA_EFFICIENT, dispatch.REFERENCE)})
     times = []
     for _ in range(args.steps):
         a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -67,7 +71,7 @@ def run(base, backend, ids, args):
         times.append(a.elapsed_time(b))
     del compiled, model, opt
     torch.cuda.empty_cache()
-    return warmup_s, statistics.median(times), dict(kernels), float(loss)
+    return warmup_s, statistics.median(times), dict(kernels), passed_over, float(loss.detach())
 
 
 def main():
@@ -93,12 +97,15 @@ def main():
     for seqlen in (int(s) for s in args.seqlens.split(",")):
         ids = torch.randint(0, args.vocab, (args.batch, seqlen), device="cuda")
         for backend in args.backends.split(","):
-            warmup_s, ms, kernels, loss = run(base, backend, ids, args)
+            warmup_s, ms, kernels, passed_over, loss = run(base, backend, ids, args)
             row = dict(device=dev, seqlen=seqlen, batch=args.batch, backend=backend, step_ms=ms,
                        tokens_per_s=args.batch * seqlen / ms * 1e3, warmup_s=warmup_s, kernels=kernels,
+                       passed_over=passed_over,
                        loss=loss, config=vars(args))
             rows.append(row)
             print(f"  seqlen {seqlen} {backend:9s} {ms:8.2f} ms/step (warm-up {warmup_s:.0f} s) {kernels}", flush=True)
+            for why in passed_over:
+                print(f"    fallback {why}", flush=True)
             with open(args.out, "w") as f:
                 json.dump(rows, f, indent=1)
     print(f"device: {dev}")
