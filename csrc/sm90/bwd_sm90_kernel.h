@@ -1,6 +1,7 @@
 // The SM90 backward kernel: one CTA per (key block, kv head, batch), longest key blocks first
 // (with a causal mask the first key blocks see the most query rows); a producer warpgroup with
-// TMA loads and the dQ writer warp, and two consumer warpgroups, registers moved to them with setmaxnreg.
+// the TMA loads and the dQ writer warp, and two consumer warpgroups, registers moved to them with
+// setmaxnreg.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -114,7 +115,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   // K and V always land before the epilogue reuses their buffers, even when no row sees the keys.
   cutlass::arch::ClusterBarrier::wait(&smem.barrier_kv, 0);
   BwdConsumer<Traits, Is_local, Is_softcap> consumer{args, smem, warpgroup, thread, keys};
-  consumer.run(n_block, head_kv, batch, range, pipeline_q, pipeline_do, acc_dk, acc_dv);
+  consumer.run(n_block, range, pipeline_q, pipeline_do, acc_dk, acc_dv);
   store_dk_dv<Traits>(args, smem, warpgroup, thread, n_block, head_kv, batch, acc_dk, acc_dv);
 }
 

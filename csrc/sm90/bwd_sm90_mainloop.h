@@ -111,7 +111,7 @@ struct BwdConsumer {
   KeyRange keys;
 
   template <class AccdK, class AccdV>
-  CUTE_DEVICE void run(int n_block, int head_kv, int batch, QueryRange range, typename Traits::Pipeline& pipeline_q,
+  CUTE_DEVICE void run(int n_block, QueryRange range, typename Traits::Pipeline& pipeline_q,
                        typename Traits::Pipeline& pipeline_do, AccdK& acc_dk, AccdV& acc_dv) {
     typename Traits::TiledMmaSdP mma_sdp;
     typename Traits::TiledMmadKV mma_dkv;
@@ -164,7 +164,6 @@ struct BwdConsumer {
     typename Traits::PipelineState state_q, state_do;
     int buffer = 0;
     for (int h = 0; h < group; ++h) {
-      const int head = head_kv * group + h;
       for (int m_block = range.min; m_block < range.max; ++m_block, buffer ^= 1) {
         const int m0 = m_block * kBlockM;
         Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kKeys>, Int<kBlockM>>{});
@@ -306,7 +305,6 @@ struct BwdDqWriter {
     constexpr int kTile = Traits::kBlockM * Traits::kHeadDim;
     const int group = args.heads_q / args.heads_kv;
     const int blocks = max(0, range.max - range.min);
-    int left = group * blocks;  // tiles still to add
     float* head_tile = args.dq_accum + ((int64_t(batch) * args.heads_q + int64_t(head_kv) * group) *
                                             args.seqlen_q_rounded + range.min * Traits::kBlockM) * Traits::kHeadDim;
     const int64_t head_step = int64_t(args.seqlen_q_rounded) * Traits::kHeadDim;
@@ -315,7 +313,6 @@ struct BwdDqWriter {
       float* dst = head_tile;
 #pragma unroll 1
       for (int b = 0; b < blocks; ++b, dst += kTile) {
-        --left;
         CUTE_UNROLL
         for (int w = 0; w < kWarpgroups; ++w) {
           named_barrier_sync(BwdBarriers::dq_full(w), BwdBarriers::kDqHandoffThreads);
@@ -326,10 +323,11 @@ struct BwdDqWriter {
         }
         if (lane == 0) {
           tma_store_arrive();  // commits this tile's reduces as one bulk group
-          bulk_wait_all</*kRead=*/true>();
+          tma_store_wait<0>();  // until they have read shared memory
         }
         __syncwarp();
-        if (left > 0) {
+        const bool last_tile = h + 1 == group && b + 1 == blocks;  // the consumers wait for no more
+        if (!last_tile) {
           CUTE_UNROLL
           for (int w = 0; w < kWarpgroups; ++w) {
             named_barrier_arrive(BwdBarriers::dq_empty(w), BwdBarriers::kDqHandoffThreads);
@@ -337,7 +335,7 @@ struct BwdDqWriter {
         }
       }
     }
-    if (lane == 0) bulk_wait_all</*kRead=*/false>();
+    if (lane == 0) bulk_wait_complete();
   }
 };
 

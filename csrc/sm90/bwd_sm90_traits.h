@@ -57,8 +57,8 @@ struct BwdTraits {
   // (queries, dQ columns, keys): dQ = dS K, dS stored query-contiguous, K read transposed.  With a
   // head dim of 128 each warpgroup computes half of dQ's columns over all 128 keys (both
   // warpgroups' dS), so every dQ element is added to dq_accum once, not once per warpgroup: half
-  // the reduce-add traffic into L2, for a barrier between the warpgroups per tile.  A half is one 64-column
-  // atom of the 128-byte swizzle; the halves of smaller head dims would cut through an atom.
+  // the reduce-add traffic into L2, for a barrier between the warpgroups per tile.  A half is one
+  // 64-column atom of the 128-byte swizzle; the halves of smaller head dims would cut through an atom.
   static constexpr bool kDqSplit = kHeadDim == 128;
   static constexpr int kDqCols = kDqSplit ? kHeadDim / kConsumerWarpgroups : kHeadDim;
   static constexpr int kDqPart = kBlockM * kDqCols;  // fp32 elements of dQ one warpgroup adds per tile

@@ -39,16 +39,9 @@ CUTE_DEVICE void bulk_reduce_add(float* gmem, float const* smem, int bytes) {
                "r"(cast_smem_ptr_to_uint(smem)), "r"(bytes)
                : "memory");
 }
-// Waits until this thread's committed bulk operations have finished reading shared memory
-// (kRead), or have completed.
-template <bool kRead>
-CUTE_DEVICE void bulk_wait_all() {
-  if constexpr (kRead) {
-    asm volatile("cp.async.bulk.wait_group.read 0;\n" ::: "memory");
-  } else {
-    asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory");
-  }
-}
+// Waits until this thread's committed bulk operations have completed, not only read shared
+// memory (CuTe's tma_store_wait waits for the reads).
+CUTE_DEVICE void bulk_wait_complete() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
 // acc (+)= A.B over all k slices as one wgmma batch; waits until at most kWait batches of this
 // warpgroup are still in flight (kWait < 0: no wait).
