@@ -12,6 +12,8 @@
 #             and flash; e.g. FA_FWD_ARGS="--head-dims 64,128,256 --ablation")
 #   bwdbench  benchmarks/bwd_quick.py $FA_BWD_ARGS (our backward kernel families vs SDPA cuDNN
 #             and flash; e.g. FA_BWD_ARGS="--head-dims 64,128")
+#   profile   benchmarks/kernel_breakdown.py $FA_PROFILE_ARGS (each kernel's time per call, ours
+#             beside SDPA's; e.g. FA_PROFILE_ARGS="--head-dims 128 --seqlens 1024,8192")
 #   train     benchmarks/train_step.py --out $OUT/train_step.json $FA_TRAIN_ARGS (an HF Llama
 #             training step, backend="flash" against the default torch.compile)
 #   bench     benchmarks/attention.py --out $OUT $FA_BENCH_ARGS, if it exists (the full harness;
@@ -84,6 +86,7 @@ for step in $STEPS; do
       ;;
     fwdbench) quick_bench fwdbench benchmarks/fwd_quick.py fwd_quick.json '^device:|^d= *[0-9]+ S=' "${FA_FWD_ARGS:-}" ;;
     bwdbench) quick_bench bwdbench benchmarks/bwd_quick.py bwd_quick.json '^device:|^ +D causal|^bwd ' "${FA_BWD_ARGS:-}" ;;
+    profile) quick_bench profile benchmarks/kernel_breakdown.py kernel_breakdown.json '^device:|^ +impl |^ +(ours|sdpa_)' "${FA_PROFILE_ARGS:-}" ;;
     train) quick_bench train benchmarks/train_step.py train_step.json '^device:|^seqlen |^train ' "${FA_TRAIN_ARGS:-}" ;;
     bench)
       if [ -f benchmarks/attention.py ]; then

@@ -62,7 +62,8 @@ template <int kHeadDim, typename Element>
 int run_bwd(const FaBwdParams& p, float* lse_log2, cudaStream_t stream) {
   using Traits = BwdTraits<kHeadDim, Element>;
   const int64_t rows = p.batch * p.heads_q * p.seqlen_q_rounded;
-  fa_bwd_sm90_preprocess_kernel<Traits><<<unsigned((rows + kPrepWarps - 1) / kPrepWarps), kPrepWarps * 32, 0, stream>>>(
+  constexpr int kPrepRows = PrepShape<kHeadDim>::kRowsPerBlock;
+  fa_bwd_sm90_preprocess_kernel<Traits><<<unsigned((rows + kPrepRows - 1) / kPrepRows), kPrepWarps * 32, 0, stream>>>(
       p, lse_log2);
   if (int status = check_launch("fa_bwd_sm90 preprocessing launch"); status != FA_OK) return status;
   const bool local = p.window_left >= 0 || p.window_right >= 0;
