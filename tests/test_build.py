@@ -238,3 +238,28 @@ def test_importing_the_kernels_builds_nothing(tmp_path):
     assert proc.returncode == 0, proc.stderr
     assert "not a CUDA device" in proc.stdout
     assert not (tmp_path / "cache").exists()
+
+
+def test_cache_keys_follow_the_includes_of_each_unit(tmp_path):
+    """A unit's object is keyed on the headers it includes (transitively, quoted includes resolved
+    like the compiler: the including file's folder, then csrc/), not on every header beside it:
+    editing one kernel's header recompiles the units that include it and no others."""
+    root = tmp_path / "csrc"
+    (root / "common").mkdir(parents=True)
+    (root / "fam").mkdir()
+    (root / "common" / "shared.h").write_text("#pragma once\n")
+    (root / "top.h").write_text('#pragma once\n#include "common/shared.h"\n')
+    (root / "fam" / "a.h").write_text('#pragma once\n#include "../top.h"\n#include <cute/tensor.hpp>\n')
+    (root / "fam" / "b.h").write_text('#pragma once\n#include "common/shared.h"\n#include "cutlass/not_ours.h"\n')
+    (root / "fam" / "a.cu").write_text('#include "a.h"\n')
+    (root / "fam" / "b.cu").write_text('  #  include "b.h"\n')
+    rel = lambda unit: sorted(str(p.relative_to(root)) for p in build._headers_visible_to(root / unit, root))  # noqa: E731
+    assert rel("fam/a.cu") == ["common/shared.h", "fam/a.h", "top.h"]
+    assert rel("fam/b.cu") == ["common/shared.h", "fam/b.h"]
+
+
+def test_sm90_forward_units_do_not_see_backward_headers():
+    root = build.csrc_dir().resolve()
+    seen = {p.name for p in build._headers_visible_to(root / "sm90" / "fwd_sm90_hdim128_bf16.cu", root)}
+    assert "fwd_sm90_mainloop.h" in seen and "sm90_utils.h" in seen
+    assert not any(name.startswith("bwd_") for name in seen), seen
