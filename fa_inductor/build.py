@@ -29,7 +29,6 @@ from pathlib import Path
 
 LIBRARY_NAME = "libfa_kernels.so"
 SOURCE_SUFFIXES = (".cu", ".cpp")
-HEADER_SUFFIXES = (".h", ".cuh", ".hpp")
 KNOWN_ARCHS = ("80", "86", "89", "90", "90a")
 FALLBACK_NVCC = (Path("/usr/local/cuda/bin/nvcc"),)
 
