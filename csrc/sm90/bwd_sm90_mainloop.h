@@ -169,11 +169,19 @@ struct BwdConsumer {
         Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kKeys>, Int<kBlockM>>{});
         Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<kKeys>, Int<kBlockM>>{});
         pipeline_q.consumer_wait(state_q);
+        // This thread's rows' lse, read before the products are issued: read after S has landed,
+        // the loads queued behind the products' own shared-memory traffic and the exponent loop
+        // waited for them (Nsight Compute, benchmarks/results/sm90_bwd_h100.md).
+        float lse2_cols[kCols];
+        {
+          float const* lse_log2 = smem.lse_log2.data() + state_q.index() * kBlockM;
+          CUTE_UNROLL
+          for (int c = 0; c < kCols; ++c) lse2_cols[c] = lse_log2[get<1>(tScS_rc(0, c))];
+        }
         wgmma<true, -1>(mma_sdp, tSrK, tSrQ(_, _, _, state_q.index()), acc_s);
         pipeline_do.consumer_wait(state_do);
         wgmma<true, -1>(mma_sdp, tdPrV, tdPrdO(_, _, _, state_do.index()), acc_dp);
 
-        float const* lse_log2 = smem.lse_log2.data() + state_q.index() * kBlockM;
         float const* dsum = smem.dsum.data() + state_do.index() * kBlockM;
         Tensor S = make_tensor(acc_s.data(), acc_to_rowcol(acc_s.layout()));
         Tensor dP = make_tensor(acc_dp.data(), acc_to_rowcol(acc_dp.layout()));
@@ -188,7 +196,7 @@ struct BwdConsumer {
           CUTE_UNROLL
           for (int c = 0; c < kCols; ++c) {
             const int q_local = get<1>(tScS_rc(0, c));
-            const float lse2 = lse_log2[q_local];
+            const float lse2 = lse2_cols[c];
             CUTE_UNROLL
             for (int r = 0; r < kRows; ++r) {
               float x2 = fmaf(S(r, c), scale_log2, -lse2);
@@ -207,7 +215,7 @@ struct BwdConsumer {
           CUTE_UNROLL
           for (int c = 0; c < kCols; ++c) {
             const int q_local = get<1>(tScS_rc(0, c));
-            const float lse2 = lse_log2[q_local];
+            const float lse2 = lse2_cols[c];
             const float ds = dsum[q_local];
             CUTE_UNROLL
             for (int r = 0; r < kRows; ++r) {
