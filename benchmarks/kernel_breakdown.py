@@ -104,13 +104,20 @@ def main() -> int:
     ap.add_argument("--causal", default="0,1", help="comma-separated 0/1")
     ap.add_argument("--calls", type=int, default=5)
     ap.add_argument("--out", default="kernel_breakdown.json")
+    ap.add_argument("--peers", default=",".join(SDPA_BACKENDS), help="SDPA backends to time beside ours")
+    ap.add_argument("--directions", default="fwd,bwd")
     args = ap.parse_args()
+    peers = [p for p in args.peers.split(",") if p]
+    unknown = set(peers) - set(SDPA_BACKENDS)
+    if unknown:
+        raise SystemExit(f"unknown --peers {sorted(unknown)}; choose from {list(SDPA_BACKENDS)}")
+    directions = args.directions.split(",")
     backend = kernels.get_backend(torch.device("cuda"))
     if backend is None:
         raise SystemExit(f"no compiled kernels: {kernels.unavailable_reason('cuda')}")
     dev = torch.cuda.get_device_name()
     print(f"kernel breakdown on {dev}: ours (fwd {backend.forward_name}, bwd {backend.backward_name}) vs "
-          f"SDPA cuDNN and flash; bf16, 16 heads, 16k tokens, {args.calls} calls per measurement", flush=True)
+          f"{', '.join(peers) or 'no peers'}; bf16, 16 heads, 16k tokens, {args.calls} calls per measurement", flush=True)
     rows = []
     H, tokens = 16, 16384
     for D in (int(x) for x in args.head_dims.split(",")):
@@ -122,12 +129,14 @@ def main() -> int:
                 scale = D ** -0.5
                 impls = {"ours": our_calls(backend, backend.forward_name, backend.backward_family(q, v),
                                            q, k, v, do, causal, scale)}
-                for name in SDPA_BACKENDS:
+                for name in peers:
                     calls = sdpa_calls(name, q, k, v, do, causal, scale)
                     if calls is not None:
                         impls[name] = calls
                 for impl, (fwd, bwd) in impls.items():
                     for direction, fn in (("fwd", fwd), ("bwd", bwd)):
+                        if direction not in directions:
+                            continue
                         kernels_us, wall_us = profile_calls(fn, args.calls)
                         row = dict(device=dev, head_dim=D, seqlen=S, batch=B, heads=H, causal=causal, impl=impl,
                                    direction=direction, wall_us=wall_us, kernels_us=kernels_us)
@@ -143,8 +152,8 @@ def main() -> int:
     print(f"\ndevice: {dev}  (GPU us per call: main = the longest kernel, other = the rest; "
           "speed = peer time / our time, so > 1 means ours is faster)")
     print(f"{'dir':>3s} {'D':>3s} {'S':>6s} c {'ours main':>9s} {'other':>6s} "
-          + " ".join(f"{p + ' main':>15s} {'other':>6s}" for p in SDPA_BACKENDS)
-          + " " + " ".join(f"{'vs ' + p + ' (all/main)':>26s}" for p in SDPA_BACKENDS))
+          + " ".join(f"{p + ' main':>15s} {'other':>6s}" for p in peers)
+          + " " + " ".join(f"{'vs ' + p + ' (all/main)':>26s}" for p in peers))
     split = {}
     for r in rows:
         ks = sorted(r["kernels_us"].values(), reverse=True)
@@ -154,7 +163,7 @@ def main() -> int:
         if ours is None:
             continue
         cells, ratios = [], []
-        for peer in SDPA_BACKENDS:
+        for peer in peers:
             theirs = split.get((*key, peer))
             if theirs is None:
                 cells.append(f"{'-':>15s} {'-':>6s}")
