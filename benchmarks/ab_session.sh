@@ -6,7 +6,8 @@
 # $FA_AB_TESTS, if set), then benchmarks/kernel_breakdown.py $FA_PROFILE_ARGS once per library
 # (FA_INDUCTOR_LIBRARY pointing at it), variants interleaved round by round ($FA_AB_ROUNDS,
 # default 1) so that drift of the machine does not fall on one variant.  Writes
-# $OUT/kb_<variant>_r<round>.json and prints a table of main-kernel times per variant last.
+# $OUT/ab_$FA_AB_TAG.json (every variant's kernel_breakdown rows per round; FA_AB_TAG defaults to
+# "results") and prints a table of main-kernel times per variant last.
 # Timings move by several percent between leases; small changes are decided by same-lease
 # comparisons like these.
 #   FA_AB_PATCHES=".ab/dsum.patch" FA_AB_TESTS_dsum="tests/gpu/test_kernels_bwd.py -k sm90" \
@@ -47,15 +48,17 @@ grep -E "spill" "$OUT/ab_build.log" | grep -v " 0 bytes spill stores" | sort | u
 for name in "${names[@]}"; do echo "library $name: ${LIBS[$name]}"; done
 
 status=0
-for name in "${names[@]:1}"; do  # the base is the committed tree, tested on its own
+# The base is the committed tree, tested on its own; FA_AB_NO_TESTS=1 skips the tests (a second
+# profile of libraries tested earlier in the same call).
+[ -n "${FA_AB_NO_TESTS:-}" ] || for name in "${names[@]:1}"; do
   var="FA_AB_TESTS_${name//[^A-Za-z0-9]/_}"
   tests=${!var:-${FA_AB_TESTS:-}}
   [ -z "$tests" ] && continue
   # shellcheck disable=SC2086
-  FA_INDUCTOR_LIBRARY=${LIBS[$name]} python3 -m pytest $tests -q -p no:cacheprovider > "$OUT/ab_tests.log" 2>&1
+  FA_INDUCTOR_LIBRARY=${LIBS[$name]} python3 -m pytest $tests -q -p no:cacheprovider > "$OUT/ab_tests_$name.log" 2>&1
   rc=$?
-  echo "tests $name ($tests): rc=$rc, $(grep -E '(passed|failed|error)' "$OUT/ab_tests.log" | tail -1)"
-  [ $rc -ne 0 ] && { status=1; grep -E "^(FAILED|ERROR)" "$OUT/ab_tests.log" | head -5; }
+  echo "tests $name ($tests): rc=$rc, $(grep -E '(passed|failed|error)' "$OUT/ab_tests_$name.log" | tail -1)"
+  [ $rc -ne 0 ] && { status=1; grep -E "^(FAILED|ERROR)" "$OUT/ab_tests_$name.log" | head -5; }
 done
 for round in $(seq 1 "${FA_AB_ROUNDS:-1}"); do
   for name in "${names[@]}"; do
@@ -65,24 +68,30 @@ for round in $(seq 1 "${FA_AB_ROUNDS:-1}"); do
   done
 done
 python3 - "$OUT" "${names[@]}" <<'PY'
-import glob, json, statistics, sys
+import glob, json, os, statistics, sys
 out, names = sys.argv[1], sys.argv[2:]
-table = {}
+runs = {}
 for name in names:
     for path in sorted(glob.glob(f"{out}/kb_{name}_r*.json")):
-        for r in json.load(open(path)):
+        runs.setdefault(name, []).append(json.load(open(path)))
+        os.remove(path)
+with open(f"{out}/ab_{os.environ.get('FA_AB_TAG', 'results')}.json", "w") as f:
+    json.dump({"profile_args": os.environ.get("FA_PROFILE_ARGS", ""), "variants": runs}, f)
+table = {}
+for name, rounds in runs.items():
+    for rows in rounds:
+        for r in rows:
             key = (r["direction"], r["head_dim"], r["seqlen"], r["causal"], r["impl"])
-            main = max(r["kernels_us"].values())
-            table.setdefault(key, {}).setdefault(name, []).append((main, sum(r["kernels_us"].values())))
-print("main-kernel us per call (median over rounds); speed vs base = base time / variant time; cudnn = SDPA cuDNN main kernel")
+            table.setdefault(key, {}).setdefault(name, []).append(max(r["kernels_us"].values()))
+print("main-kernel us per call (median over rounds); xN = base time / variant time; cN = peer main kernel / variant")
 print(f"{'dir':4s} {'D':>4s} {'S':>6s} c  " + "  ".join(f"{n:>22s}" for n in names))
 for key in sorted(k for k in table if k[4] == "ours"):
-    base = statistics.median(m for m, _ in table[key]["base"])
-    cudnn = table.get(key[:4] + ("sdpa_cudnn",), {})
-    ref = statistics.median(m for n in cudnn for m, _ in cudnn[n]) if cudnn else float("nan")
+    base = statistics.median(table[key]["base"])
+    peers = [k for k in table if k[:4] == key[:4] and k[4] != "ours"]
+    ref = statistics.median(m for k in peers for n in table[k] for m in table[k][n]) if peers else float("nan")
     cells = []
     for n in names:
-        t = statistics.median(m for m, _ in table[key].get(n, [(float("nan"), 0)]))
+        t = statistics.median(table[key].get(n, [float("nan")]))
         cells.append(f"{t:9.1f} x{base / t:5.3f} c{ref / t:5.3f}")
     print(f"{key[0]:4s} {key[1]:4d} {key[2]:6d} {int(key[3])}  " + "  ".join(f"{c:>22s}" for c in cells))
 PY

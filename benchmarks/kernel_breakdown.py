@@ -106,6 +106,8 @@ def main() -> int:
     ap.add_argument("--out", default="kernel_breakdown.json")
     ap.add_argument("--peers", default=",".join(SDPA_BACKENDS), help="SDPA backends to time beside ours")
     ap.add_argument("--directions", default="fwd,bwd")
+    ap.add_argument("--fwd-family", default=None, help="our forward family (default: the dispatcher's)")
+    ap.add_argument("--bwd-family", default=None, help="our backward family, sm80 or sm90 (default: the dispatcher's)")
     args = ap.parse_args()
     peers = [p for p in args.peers.split(",") if p]
     unknown = set(peers) - set(SDPA_BACKENDS)
@@ -116,7 +118,8 @@ def main() -> int:
     if backend is None:
         raise SystemExit(f"no compiled kernels: {kernels.unavailable_reason('cuda')}")
     dev = torch.cuda.get_device_name()
-    print(f"kernel breakdown on {dev}: ours (fwd {backend.forward_name}, bwd {backend.backward_name}) vs "
+    print(f"kernel breakdown on {dev}: ours (fwd {args.fwd_family or backend.forward_name}, "
+          f"bwd {args.bwd_family or backend.backward_name}) vs "
           f"{', '.join(peers) or 'no peers'}; bf16, 16 heads, 16k tokens, {args.calls} calls per measurement", flush=True)
     rows = []
     H, tokens = 16, 16384
@@ -127,8 +130,8 @@ def main() -> int:
                 q, k, v, do = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
                                for _ in range(4))
                 scale = D ** -0.5
-                impls = {"ours": our_calls(backend, backend.forward_name, backend.backward_family(q, v),
-                                           q, k, v, do, causal, scale)}
+                impls = {"ours": our_calls(backend, args.fwd_family or backend.forward_name,
+                                           args.bwd_family or backend.backward_family(q, v), q, k, v, do, causal, scale)}
                 for name in peers:
                     calls = sdpa_calls(name, q, k, v, do, causal, scale)
                     if calls is not None:
