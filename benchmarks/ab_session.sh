@@ -60,14 +60,16 @@ status=0
   echo "tests $name ($tests): rc=$rc, $(grep -E '(passed|failed|error)' "$OUT/ab_tests_$name.log" | tail -1)"
   [ $rc -ne 0 ] && { status=1; grep -E "^(FAILED|ERROR)" "$OUT/ab_tests_$name.log" | head -5; }
 done
+# FA_AB_PROFILE_VARIANTS (e.g. "base sm80_bwd") limits the profile to some of the variants.
+read -r -a profiled <<< "${FA_AB_PROFILE_VARIANTS:-${names[*]}}"
 for round in $(seq 1 "${FA_AB_ROUNDS:-1}"); do
-  for name in "${names[@]}"; do
+  for name in "${profiled[@]}"; do
     # shellcheck disable=SC2086
     FA_INDUCTOR_LIBRARY=${LIBS[$name]} timeout "${FA_STEP_TIMEOUT:-300}" python3 benchmarks/kernel_breakdown.py \
       --out "$OUT/kb_${name}_r${round}.json" ${FA_PROFILE_ARGS:-} > "$OUT/ab_profile.log" 2>&1 || status=1
   done
 done
-python3 - "$OUT" "${names[@]}" <<'PY'
+python3 - "$OUT" "${profiled[@]}" <<'PY'
 import glob, json, os, statistics, sys
 out, names = sys.argv[1], sys.argv[2:]
 runs = {}

@@ -28,17 +28,13 @@ flags_of() {
     rowmajor) echo "-DFA_BWD_DQ_ROWMAJOR" ;;  # the dQ accumulator layout before 2026-11-23
     scalar) echo "-DFA_BWD_DQ_SCALAR" ;;  # scalar dQ atomics on sm_90 (the default there is v4)
     early) echo "-DFA_BWD_P_EARLY" ;;
-    stagger) echo "-DFA_BWD_STAGGER_M" ;;
     double_do) echo "-DFA_BWD_DOUBLE_DO" ;;
     *) echo "unknown variant $1" >&2; return 1 ;;
   esac
 }
 # Objects a variant recompiles (name prefixes in the object cache); the rest are the default's.
 scope_of() {
-  case $1 in
-    stagger) echo "bwd__bwd_sm80_hdim128_" ;;
-    *) echo "bwd__bwd_sm80_hdim" ;;
-  esac
+  echo "bwd__bwd_sm80_hdim"
 }
 
 build_variant() {  # name jobs

@@ -166,11 +166,11 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fa_fwd_sm80_kernel(const
       for (int i = 0; i < size(s); ++i) s(i) = tanhf(s(i) * tanh_scale);
     }
     const int col0 = n_block * kBlockN;
-    bool need_mask = col0 + kBlockN > seqlen_k;
     if constexpr (Is_local) {
-      need_mask = need_mask || col0 + kBlockN > keys.hi(row_begin) || col0 < keys.lo(last_row);
+      const bool need_mask =
+          col0 + kBlockN > seqlen_k || col0 + kBlockN > keys.hi(row_begin) || col0 < keys.lo(last_row);
+      if (need_mask) mask_scores<true>(s, tScS_rc, row_begin, col0, keys);
     }
-    if (need_mask) mask_scores<Is_local>(s, tScS_rc, row_begin, col0, keys);
 
     cp_async_wait<0>();
     __syncthreads();  // V[n] has landed, and every warp is done reading K[n]
@@ -180,6 +180,12 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fa_fwd_sm80_kernel(const
     }
 
     if (iter == 0) {
+      // Without a window only the first tile (the last keys) can be partial, so its mask goes in
+      // this branch, which stays a real branch.  Under its own `if (need_mask)` ptxas if-converted
+      // the mask into about 100 predicated instructions that every tile executed.
+      if constexpr (!Is_local) {
+        if (col0 + kBlockN > seqlen_k) mask_scores<false>(s, tScS_rc, row_begin, col0, keys);
+      }
       online_softmax_step<true>(s, acc_o_rc, row_max, row_sum, scale_log2);
     } else {
       online_softmax_step<false>(s, acc_o_rc, row_max, row_sum, scale_log2);
