@@ -11,13 +11,8 @@ set -o pipefail
 export PYTHONUNBUFFERED=1
 OUT=${OUT:-$PWD/gpu_out}
 mkdir -p "$OUT"
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-  export PYTHONPATH=/tmp/site:$PWD
-else
-  export PYTHONPATH=$PWD
-fi
-ARCH=$(python3 -c "import torch; M,m=torch.cuda.get_device_capability(); print('90a' if (M,m)==(9,0) else '80')")
+. "$(dirname "$0")/device_env.sh"
+ARCH=$(device_arch)
 VARIANTS=${FA_BWD_VARIANTS:-default rowmajor}
 TABLE="$OUT/table.txt"
 echo "device: $(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)  arch: $ARCH" > "$TABLE"

@@ -31,20 +31,14 @@ SUMMARY="$OUT/summary.txt"
 : > "$SUMMARY"
 note() { echo "$*" | tee -a "$SUMMARY"; }
 
-if ls .whl/*.whl >/dev/null 2>&1; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
-    || { echo "wheel install failed"; exit 1; }
-  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
-else
-  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-fi
+. "$(dirname "$0")/device_env.sh"
 # Our package is not installed there: the path above lets `import fa_inductor` find the checkout;
 # an editable install (offline, no deps) also maps patterns/ and csrc/ as packaged.
 python3 -m pip install -q --no-deps --no-build-isolation --no-index -e . >"$OUT/pip_editable.log" 2>&1 \
   || echo "(editable install failed, using PYTHONPATH; see pip_editable.log)"
 
 if [ -z "${FA_GPU_ARCH:-}" ]; then
-  FA_GPU_ARCH=$(python3 -c "import torch; M,m=torch.cuda.get_device_capability(); print('90a' if (M,m)==(9,0) else '80')")
+  FA_GPU_ARCH=$(device_arch)
 fi
 DEVICE=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
 note "device: $DEVICE  arch: $FA_GPU_ARCH  steps: $STEPS"

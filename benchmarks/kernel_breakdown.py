@@ -118,7 +118,8 @@ def main() -> int:
     if backend is None:
         raise SystemExit(f"no compiled kernels: {kernels.unavailable_reason('cuda')}")
     dev = torch.cuda.get_device_name()
-    print(f"kernel breakdown on {dev}: ours (fwd {args.fwd_family or backend.forward_name}, "
+    fwd_family = args.fwd_family or backend.forward_name
+    print(f"kernel breakdown on {dev}: ours (fwd {fwd_family}, "
           f"bwd {args.bwd_family or backend.backward_name}) vs "
           f"{', '.join(peers) or 'no peers'}; bf16, 16 heads, 16k tokens, {args.calls} calls per measurement", flush=True)
     rows = []
@@ -130,8 +131,8 @@ def main() -> int:
                 q, k, v, do = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
                                for _ in range(4))
                 scale = D ** -0.5
-                impls = {"ours": our_calls(backend, args.fwd_family or backend.forward_name,
-                                           args.bwd_family or backend.backward_family(q, v), q, k, v, do, causal, scale)}
+                impls = {"ours": our_calls(backend, fwd_family, args.bwd_family or backend.backward_family(q, v),
+                                           q, k, v, do, causal, scale)}
                 for name in peers:
                     calls = sdpa_calls(name, q, k, v, do, causal, scale)
                     if calls is not None:

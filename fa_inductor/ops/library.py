@@ -7,10 +7,11 @@ outputs holds for any input layout.
 The ops are defined with ``torch.library.Library`` rather than ``torch.library.custom_op``
 because of the autograd formula: custom_op's autograd kernel rebuilds the argument list from the
 schema on every call (``fill_defaults``, which materialises ``schema.arguments``), about half of
-an eager call's host time (126 of 279 us per call with grad, dispatch stubbed out, on a slow CPU), enough to leave the GPU idle between
-short kernels.  Our schema has no defaults, so the formula below takes the arguments as they
-come; otherwise it is the same construction (an autograd.Function that redispatches below the
-Autograd key, so tracing modes still see one ``fa.attention_forward`` call).
+an eager call's host time (126 of 279 us per call with grad, dispatch stubbed out, on a slow
+CPU), enough to leave the GPU idle between short kernels.  Our schema has no defaults, so the
+formula below takes the arguments as they come; otherwise it is the same construction (an
+autograd.Function that redispatches below the Autograd key, so tracing modes still see one
+``fa.attention_forward`` call).
 """
 
 from __future__ import annotations
