@@ -11,6 +11,7 @@
 
 #include "common/cute_utils.h"
 #include "common/fa_params.h"
+#include "common/tile_order.h"
 #include "fwd_softmax.h"
 #include "fwd_traits.h"
 
@@ -18,8 +19,11 @@ namespace fa::fwd {
 
 using namespace cute;
 
+// `order` (masked launches, a one-dimensional grid): which tile each CTA takes, see
+// common/tile_order.h; unmasked launches use the (query tile, head, batch) grid.
 template <typename Traits, bool Is_local, bool Is_softcap>
-__global__ void __launch_bounds__(Traits::kNThreads, 1) fa_fwd_sm80_kernel(const FaFwdParams params) {
+__global__ void __launch_bounds__(Traits::kNThreads, 1)
+    fa_fwd_sm80_kernel(const FaFwdParams params, const TileOrder order) {
   using Element = typename Traits::Element;
   constexpr int kBlockM = Traits::kBlockM;
   constexpr int kBlockN = Traits::kBlockN;
@@ -28,10 +32,14 @@ __global__ void __launch_bounds__(Traits::kNThreads, 1) fa_fwd_sm80_kernel(const
   extern __shared__ __align__(128) char smem[];
 
   const int tidx = threadIdx.x;
-  // With a causal/window mask, later query tiles see more keys: start those first.
-  const int m_block = Is_local ? int(gridDim.x) - 1 - int(blockIdx.x) : int(blockIdx.x);
-  const int head = blockIdx.y;
-  const int batch = blockIdx.z;
+  int m_block = blockIdx.x, head = blockIdx.y, batch = blockIdx.z;
+  if constexpr (Is_local) {  // later query tiles see more keys: rank 0 is the last tile
+    int rank, pair;
+    order.tile(blockIdx.x, rank, pair);
+    m_block = order.blocks - 1 - rank;
+    head = pair % params.heads_q;
+    batch = pair / params.heads_q;
+  }
   const int head_kv = head / (params.heads_q / params.heads_kv);
   const int seqlen_q = params.seqlen_q;
   const int seqlen_k = params.seqlen_k;

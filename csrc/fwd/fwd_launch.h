@@ -6,6 +6,7 @@
 #include "common/error.h"
 #include "common/fa_params.h"
 #include "common/static_switch.h"
+#include "common/tile_order.h"
 #include "fwd_kernel.h"
 
 namespace fa::fwd {
@@ -22,8 +23,20 @@ int launch(const FaFwdParams& params, cudaStream_t stream) {
       return FA_ERR_CUDA;
     }
   }
-  dim3 grid((params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM, params.heads_q, params.batch);
-  kernel<<<grid, Traits::kNThreads, smem, stream>>>(params);
+  const int m_blocks = (params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+  dim3 grid(m_blocks, params.heads_q, params.batch);
+  TileOrder order;
+  if constexpr (Is_local) {
+    const int pairs = params.heads_q * params.batch;
+    FA_REQUIRE(int64_t(m_blocks) * pairs < (int64_t(1) << 31), FA_ERR_UNSUPPORTED,
+               "fa_fwd_sm80: more than 2^31 query tiles");
+    if (int status = masked_grid_order<fa_fwd_sm80_kernel<Traits, Is_local, Is_softcap>>(
+            Traits::kNThreads, smem, m_blocks, pairs, order);
+        status != FA_OK)
+      return status;
+    grid = dim3(order.total());
+  }
+  kernel<<<grid, Traits::kNThreads, smem, stream>>>(params, order);
   return check_launch("fa_fwd_sm80 launch");
 }
 

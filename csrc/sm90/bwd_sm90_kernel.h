@@ -1,5 +1,6 @@
 // The SM90 backward kernel: one CTA per (key block, kv head, batch), longest key blocks first
-// (with a causal mask the first key blocks see the most query rows); a producer warpgroup with
+// (with a causal mask the first key blocks see the most query rows; masked launches order them
+// across heads too, see common/tile_order.h); a producer warpgroup with
 // the TMA loads and the dQ writer warp, and two consumer warpgroups, registers moved to them with
 // setmaxnreg.
 #pragma once
@@ -64,7 +65,13 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   extern __shared__ __align__(1024) char smem_raw[];
   SharedStorage& smem = *reinterpret_cast<SharedStorage*>(smem_raw);
 
-  const int n_block = blockIdx.x, head_kv = blockIdx.y, batch = blockIdx.z;
+  int n_block = blockIdx.x, head_kv = blockIdx.y, batch = blockIdx.z;
+  if constexpr (Is_local) {  // rank 0, the first key block, sees the most queries
+    int pair;
+    args.order.tile(blockIdx.x, n_block, pair);
+    head_kv = pair % args.heads_kv;
+    batch = pair / args.heads_kv;
+  }
   const int warpgroup_idx = cutlass::canonical_warp_group_idx();
   const bool is_producer = warpgroup_idx == 0;
   const QueryRange range = query_blocks<Traits, Is_local>(args, n_block);
@@ -75,6 +82,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     prefetch_tma_descriptor(args.tma_k.get_tma_descriptor());
     prefetch_tma_descriptor(args.tma_v.get_tma_descriptor());
     cutlass::arch::ClusterBarrier::init(&smem.barrier_kv, 1);
+    smem.head_kv_and_batch[0] = head_kv;
+    smem.head_kv_and_batch[1] = batch;
   }
   typename Pipeline::Params pipe_params;
   pipe_params.role = is_producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
@@ -91,11 +100,15 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     if (threadIdx.x == 0) {
       BwdLoader<Traits> loader{args, smem, pipeline_q, pipeline_do};
       loader.load_kv(n_block, head_kv, batch);
-      // Not unrolled: unrolled copies of the loads spill in the producer's 24 registers.
-#pragma unroll 1
+      // With a masked launch order the head and batch are no longer blockIdx values that ptxas can
+      // re-read at each use; reading them back from shared memory keeps them out of the producer's
+      // 24 registers.
+      volatile int* head_kv_and_batch = smem.head_kv_and_batch;
+      // The query loop is not unrolled: unrolled copies of the loads spill in those registers.
       for (int h = 0; h < group; ++h) {
 #pragma unroll 1
-        for (int m = range.min; m < range.max; ++m) loader.load_q_do(m, head_kv * group + h, batch);
+        for (int m = range.min; m < range.max; ++m)
+          loader.load_q_do(m, head_kv_and_batch[0] * group + h, head_kv_and_batch[1]);
       }
     } else if (threadIdx.x / 32 == 1) {
       BwdDqWriter<Traits>{args, smem}.run(head_kv, batch, range, threadIdx.x % 32);

@@ -11,6 +11,7 @@
 #include "bwd_sm90_pre_post.h"
 #include "common/error.h"
 #include "common/static_switch.h"
+#include "common/tile_order.h"
 
 namespace fa::sm90 {
 
@@ -43,6 +44,7 @@ int launch_bwd_main(const FaBwdParams& p, const float* lse_log2, cudaStream_t st
       b, hq, hkv, sq, sk, int(p.seqlen_q_rounded),
       p.scale, p.softcap,
       p.window_left, p.window_right, p.diag_offset,
+      TileOrder{},  // set below for masked launches
   };
   auto kernel = &fa_bwd_sm90_kernel<Traits, Is_local, Is_softcap>;
   constexpr int smem = Traits::kSmemBytes;
@@ -52,7 +54,17 @@ int launch_bwd_main(const FaBwdParams& p, const float* lse_log2, cudaStream_t st
                    " bytes of shared memory: " + cudaGetErrorString(err));
     return FA_ERR_CUDA;
   }
-  const dim3 grid((sk + Traits::kBlockN - 1) / Traits::kBlockN, hkv, b);
+  const int n_blocks = (sk + Traits::kBlockN - 1) / Traits::kBlockN;
+  dim3 grid(n_blocks, hkv, b);
+  if constexpr (Is_local) {
+    FA_REQUIRE(int64_t(n_blocks) * hkv * b < (int64_t(1) << 31), FA_ERR_UNSUPPORTED,
+               "fa_bwd_sm90: more than 2^31 key blocks");
+    if (int status = masked_grid_order<fa_bwd_sm90_kernel<Traits, Is_local, Is_softcap>>(
+            Traits::kThreads, smem, n_blocks, hkv * b, args.order);
+        status != FA_OK)
+      return status;
+    grid = dim3(args.order.total());
+  }
   kernel<<<grid, Traits::kThreads, smem, stream>>>(args);
   return check_launch("fa_bwd_sm90 launch");
 }

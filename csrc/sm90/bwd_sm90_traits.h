@@ -18,6 +18,7 @@
 #pragma once
 
 #include "sm90_utils.h"
+#include "common/tile_order.h"
 
 #include <type_traits>
 
@@ -117,6 +118,7 @@ struct BwdTraits {
     cute::array_aligned<float, kBlockM * kStages, 16> lse_log2;
     cute::array_aligned<float, kBlockM * kStages, 16> dsum;
     alignas(16) uint64_t barrier_kv;
+    int head_kv_and_batch[2];  // this CTA's tile, for the producer's loop (see the kernel)
     typename Pipeline::SharedStorage pipeline_q;
     typename Pipeline::SharedStorage pipeline_do;
   };
@@ -152,6 +154,7 @@ struct BwdArgs {
   int32_t batch, heads_q, heads_kv, seqlen_q, seqlen_k, seqlen_q_rounded;
   float scale, softcap;
   int32_t window_left, window_right, diag_offset;
+  TileOrder order;  // masked launches: which key block each CTA takes (common/tile_order.h)
 };
 
 }  // namespace fa::sm90

@@ -8,29 +8,11 @@
 #include "common/error.h"
 #include "common/fa_params.h"
 #include "common/static_switch.h"
+#include "common/tile_order.h"
 #include "fwd_sm90_config.h"
 #include "fwd_sm90_kernel.h"
 
 namespace fa::sm90 {
-
-// Multiprocessors of the current device (cached per device: the query costs more than a launch).
-inline int multiprocessor_count(int& count) {
-  constexpr int kMaxDevices = 64;
-  static int cached[kMaxDevices] = {};
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess && device < kMaxDevices && cached[device] > 0) {
-    count = cached[device];
-    return FA_OK;
-  }
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-  if (err != cudaSuccess) {
-    set_last_error(std::string("fa_fwd_sm90: cannot query the device: ") + cudaGetErrorString(err));
-    return FA_ERR_CUDA;
-  }
-  if (device < kMaxDevices) cached[device] = count;
-  return FA_OK;
-}
 
 template <typename Traits, class Schedule, bool Is_local, bool Is_softcap>
 int launch(const FaFwdParams& p, cudaStream_t stream) {
@@ -55,6 +37,7 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
       p.batch, p.heads_q, p.heads_kv, p.seqlen_q, p.seqlen_k,
       p.scale, p.softcap,
       p.window_left, p.window_right, p.bottom_right,
+      TileOrder{},  // set below for masked launches
   };
 
   auto kernel = &fa_fwd_sm90_kernel<Traits, Schedule, Is_local, Is_softcap>;
@@ -73,7 +56,13 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
   const int64_t tiles = int64_t((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * p.heads_q * p.batch;
   FA_REQUIRE(tiles < (int64_t(1) << 31), FA_ERR_UNSUPPORTED, "fa_fwd_sm90: more than 2^31 query tiles");
   int grid = int(tiles);
-  if constexpr (!Is_local) {
+  if constexpr (Is_local) {
+    const int m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+    if (int status = masked_grid_order<fa_fwd_sm90_kernel<Traits, Schedule, Is_local, Is_softcap>>(
+            kernel_threads<Traits, Schedule>(), smem, m_blocks, p.heads_q * p.batch, args.order);
+        status != FA_OK)
+      return status;
+  } else {
     int sms = 0;
     if (int status = multiprocessor_count(sms); status != FA_OK) return status;
     grid = grid < sms ? grid : sms;

@@ -51,15 +51,15 @@ CUTE_DEVICE BlockRange key_blocks(int m_block, int seqlen_q, KeyRange const& key
 // The grid's tiles: CTA c takes tiles c, c + gridDim.x, ... of the order below (persistent grid),
 // or just tile c (one CTA per tile), so the tiles in flight at any time are neighbours in it.
 // Query tiles of one head are adjacent (they share K and V in L2); with a causal or window mask
-// each head's tiles run from the last (most keys) to the first, so the long ones start early and
-// the short ones fill the tail.
+// each head's tiles run from the last (most keys) to the first, and the launch's TileOrder takes
+// the last group of heads rank by rank, so that short tiles fill the tail.
 template <class Traits, bool Is_local>
 struct TileScheduler {
   int num_m_blocks, heads, total;
 
   CUTE_DEVICE explicit TileScheduler(FwdArgs<Traits> const& args)
       : num_m_blocks((args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM), heads(args.heads_q),
-        total(num_m_blocks * args.heads_q * args.batch) {}
+        total(num_m_blocks * args.heads_q * args.batch), order(args.order) {}
 
   struct Tile {
     int m_block, head, batch;
@@ -67,10 +67,15 @@ struct TileScheduler {
     CUTE_DEVICE bool empty() const { return blocks.max <= blocks.min; }
   };
 
+  TileOrder order;
+
   CUTE_DEVICE Tile tile(int t, int seqlen_q, KeyRange const& keys) const {
-    const int m = t % num_m_blocks;
-    const int head_batch = t / num_m_blocks;
-    Tile tile{Is_local ? num_m_blocks - 1 - m : m, head_batch % heads, head_batch / heads, {}};
+    int m = t % num_m_blocks, head_batch = t / num_m_blocks;
+    if constexpr (Is_local) {
+      order.tile(t, m, head_batch);
+      m = num_m_blocks - 1 - m;
+    }
+    Tile tile{m, head_batch % heads, head_batch / heads, {}};
     tile.blocks = key_blocks<Traits, Is_local>(tile.m_block, seqlen_q, keys);
     return tile;
   }

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "sm90_utils.h"
+#include "common/tile_order.h"
 
 #include <type_traits>
 
@@ -110,6 +111,7 @@ struct FwdArgs {
   int32_t batch, heads_q, heads_kv, seqlen_q, seqlen_k;
   float scale, softcap;
   int32_t window_left, window_right, bottom_right;
+  TileOrder order;  // masked launches: which tile each CTA takes (common/tile_order.h)
 };
 
 }  // namespace fa::sm90

@@ -320,3 +320,13 @@ def test_under_compute_sanitizer(backend, tmp_path):
                               capture_output=True, text=True, env=env, timeout=600)
         assert proc.returncode == 0 and "SANITIZED_OK" in proc.stdout, (
             tool_name + proc.stdout[-3000:] + proc.stderr[-3000:])
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_causal_grid_with_many_heads(backend, D):
+    """Far more (kv head, batch) pairs than one wave of CTAs holds: the SM90 kernel's causal launch
+    then takes most pairs one after another and the last group rank by rank
+    (csrc/common/tile_order.h), and every key block must still be computed once, its dK/dV summed
+    over the right query heads."""
+    run_case(backend, B=120, Hq=16, Hkv=8, Sq=200, Sk=200, D=D, causal=True)
+    run_case(backend, B=60, Hq=16, Hkv=4, Sq=300, Sk=260, D=D, causal=True, bottom_right=True)

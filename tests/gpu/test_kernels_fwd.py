@@ -280,3 +280,12 @@ def test_head_dim_64_tile_shape_switch_with_a_mask(backend, Sk):
     """With a mask, head dim 64 runs 128-row tiles up to 1024 keys and 192-row tiles beyond."""
     check_case(backend, 1, 2, 1, 700, Sk, 64, causal=True, bottom_right=True)
     check_case(backend, 1, 2, 2, 300, Sk, 64, wl=1000, wr=0, bottom_right=True)
+
+
+@pytest.mark.parametrize("D", [64, 128])
+def test_causal_grid_with_many_heads(backend, D):
+    """Far more (head, batch) pairs than one wave of CTAs holds: a masked launch then takes most
+    pairs one after another and the last group rank by rank (csrc/common/tile_order.h), and every
+    tile must still be computed once, for the right head of the right kv group."""
+    check_case(backend, 75, 16, 4, 200, 200, D, causal=True)
+    check_case(backend, 40, 32, 8, 300, 260, D, causal=True, bottom_right=True)
