@@ -13,7 +13,7 @@ extern "C" {
 
 // Bumped whenever a params struct changes layout, so a stale library is never called with
 // a mismatched mirror.
-#define FA_ABI_VERSION 1
+#define FA_ABI_VERSION 2
 
 int fa_abi_version(void);
 // Message of the last failed call on this thread ("" if none).

@@ -191,10 +191,11 @@ def test_sm90_backward_uses_wgmma_and_tma(sm90_build):
         assert "USETMAXREG" in body, f"{name}: no register reallocation"
     # A few bytes spill: loop state of the producer warpgroup (24 registers) outside its loads,
     # and at head dim 128 a word or two of the consumers' (dK, dV, dQ accumulators).  Bounded
-    # so that growth shows up (see benchmarks/results/sm90_bwd_h100.md).  36 bytes in the head
-    # dim 128 causal softcap instance since the causal launch order (tile_order.h) made head and
-    # batch computed values: SASS shows one 8-byte store and reload per 64-row query tile in the
-    # producer thread's loop (beside two 16 KB TMA loads) and six words of consumer set-up.
+    # so that growth shows up (see benchmarks/results/sm90_bwd_h100.md).  40 bytes in the head
+    # dim 128 causal softcap instance: 36 since the causal launch order (tile_order.h) made head
+    # and batch computed values (SASS: one 8-byte store and reload per 64-row query tile in the
+    # producer thread's loop, beside two 16 KB TMA loads, and six words of consumer set-up), 4
+    # more for the deterministic mode's semaphore in the dQ writer warp.
     spills = [line for line in build.spill_report(log) if "fa_bwd_sm90_kernel" in line]
     worst = max((int(m) for line in spills for m in re.findall(r"(\d+) bytes spill stores", line)), default=0)
     assert worst <= 40, "\n".join(spills)

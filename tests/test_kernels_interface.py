@@ -172,7 +172,7 @@ def test_a_family_the_library_lacks_is_a_clear_error(backend):
 @pytest.mark.parametrize("d,deterministic,expect", [
     (64, False, "sm90"), (80, False, "sm90"), (128, False, "sm90"),  # 80 is padded to 96
     (192, False, "sm80"), (256, False, "sm80"),   # dK and dV of 192+ do not fit the SM90 tiles
-    (128, True, "sm80"),                          # only the SM80 backward has a deterministic mode
+    (128, True, "sm90"), (256, True, "sm80"),     # deterministic mode: both families have one
 ])
 def test_hopper_runs_the_sm90_backward_where_it_covers_the_call(monkeypatch, d, deterministic, expect):
     monkeypatch.delenv("FA_INDUCTOR_BWD_FAMILY", raising=False)

@@ -27,8 +27,8 @@ int dispatch_head_dim(const FaBwdParams& p, float* lse_log2, cudaStream_t stream
 extern "C" FA_EXPORT int fa_bwd_sm90(const FaBwdParams* params, float* lse_log2, cudaStream_t stream) {
   fa::clear_last_error();
   if (int status = fa::validate_bwd(params, "fa_bwd_sm90"); status != FA_OK) return status;
-  FA_REQUIRE(!params->deterministic, FA_ERR_UNSUPPORTED,
-             "fa_bwd_sm90: no deterministic mode (the SM80 backward has one)");
+  FA_REQUIRE(!params->deterministic || params->dq_semaphore != nullptr, FA_ERR_INVALID_ARGUMENT,
+             "fa_bwd_sm90: deterministic mode needs the dq_semaphore workspace");
   FA_REQUIRE(lse_log2 != nullptr && (reinterpret_cast<uintptr_t>(lse_log2) & 15u) == 0, FA_ERR_INVALID_ARGUMENT,
              "fa_bwd_sm90: null or non-16-byte-aligned lse_log2 workspace");
   return params->dtype == FA_BWD_FP16 ? dispatch_head_dim<FA_BWD_FP16>(*params, lse_log2, stream)

@@ -111,7 +111,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           loader.load_q_do(m, head_kv_and_batch[0] * group + h, head_kv_and_batch[1]);
       }
     } else if (threadIdx.x / 32 == 1) {
-      BwdDqWriter<Traits>{args, smem}.run(head_kv, batch, range, threadIdx.x % 32);
+      BwdDqWriter<Traits, Is_local>{args, smem}.run(n_block, head_kv, batch, range, threadIdx.x % 32);
     }
     return;
   }

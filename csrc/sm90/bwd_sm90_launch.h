@@ -40,7 +40,7 @@ int launch_bwd_main(const FaBwdParams& p, const float* lse_log2, cudaStream_t st
       make_tma_copy(SM90_TMA_LOAD{}, mV, smem_k, TileK{}, _1{}),
       make_tma_copy(SM90_TMA_STORE{}, mdK, smem_k, TileK{}, _1{}),
       make_tma_copy(SM90_TMA_STORE{}, mdV, smem_k, TileK{}, _1{}),
-      lse_log2, p.dsum, p.dq_accum,
+      lse_log2, p.dsum, p.dq_accum, p.deterministic ? p.dq_semaphore : nullptr,
       b, hq, hkv, sq, sk, int(p.seqlen_q_rounded),
       p.scale, p.softcap,
       p.window_left, p.window_right, p.diag_offset,

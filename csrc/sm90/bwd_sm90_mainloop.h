@@ -301,12 +301,21 @@ struct BwdConsumer {
 // The writer warp: per query tile, in the consumers' order, each warpgroup's dQ buffer added into
 // dq_accum by one bulk reduce (dq_accum's 64-row tile; with kDqSplit warpgroup w's columns are
 // part w of it, else both warpgroups add into the whole tile).  Lane 0 issues, the warp waits.
-template <class Traits>
+//
+// Deterministic mode (args.dq_semaphore set): the key blocks that see a query tile add into it in
+// key-block order, so its fp32 sums come out bit-identical run to run.  The blocks that see a tile
+// are consecutive (both ends of a block's query range grow with the block), so block n's
+// predecessor on tile m is block n - 1 when that one sees m too (m below its range's end), else n
+// is the first.  Each block waits until the tile's semaphore holds its own index (the first one
+// finds 0 from the preprocessing or needs no wait), adds, waits for its adds to complete and
+// stores n + 1.  CTAs start in launch order, and the launch puts lower key blocks of a
+// (kv head, batch) first (tile_order.h keeps that), so the awaited block is already running.
+template <class Traits, bool Is_local>
 struct BwdDqWriter {
   BwdArgs<Traits> const& args;
   typename Traits::SharedStorage& smem;
 
-  CUTE_DEVICE void run(int head_kv, int batch, QueryRange range, int lane) {
+  CUTE_DEVICE void run(int n_block, int head_kv, int batch, QueryRange range, int lane) {
     // Few registers here (setmaxnreg): pointers are stepped, not recomputed per tile.
     constexpr int kWarpgroups = Traits::kConsumerWarpgroups;
     constexpr int kPart = Traits::kDqPart;
@@ -316,22 +325,36 @@ struct BwdDqWriter {
     float* head_tile = args.dq_accum + ((int64_t(batch) * args.heads_q + int64_t(head_kv) * group) *
                                             args.seqlen_q_rounded + range.min * Traits::kBlockM) * Traits::kHeadDim;
     const int64_t head_step = int64_t(args.seqlen_q_rounded) * Traits::kHeadDim;
+    // Query tiles below this end were seen by key block n_block - 1 as well.
+    const int shared_end = n_block == 0 ? 0 : query_blocks<Traits, Is_local>(args, n_block - 1).max;
 #pragma unroll 1
     for (int h = 0; h < group; ++h, head_tile += head_step) {
       float* dst = head_tile;
 #pragma unroll 1
       for (int b = 0; b < blocks; ++b, dst += kTile) {
+        int* semaphore = nullptr;  // per (batch, query head, query tile)
         CUTE_UNROLL
         for (int w = 0; w < kWarpgroups; ++w) {
           named_barrier_sync(BwdBarriers::dq_full(w), BwdBarriers::kDqHandoffThreads);
           if (lane == 0) {
+            if (w == 0 && args.dq_semaphore != nullptr) {
+              const int m = range.min + b;
+              semaphore = args.dq_semaphore + (int64_t(batch) * args.heads_q + head_kv * group + h) *
+                                                  (args.seqlen_q_rounded / Traits::kBlockM) + m;
+              if (m < shared_end) wait_flag_equal(semaphore, n_block);
+            }
             bulk_reduce_add(dst + (Traits::kDqSplit ? w * kPart : 0), smem.dq.data() + w * kPart,
                             kPart * int(sizeof(float)));
           }
         }
         if (lane == 0) {
           tma_store_arrive();  // commits this tile's reduces as one bulk group
-          tma_store_wait<0>();  // until they have read shared memory
+          if (semaphore != nullptr) {
+            bulk_wait_complete();  // the adds themselves, before the next key block's
+            release_flag_store(semaphore, n_block + 1);
+          } else {
+            tma_store_wait<0>();  // until they have read shared memory
+          }
         }
         __syncwarp();
         const bool last_tile = h + 1 == group && b + 1 == blocks;  // the consumers wait for no more

@@ -91,6 +91,7 @@ __global__ void __launch_bounds__(kPrepWarps * 32)
       }
       p.dsum[row] = dsum;
       lse_log2[row] = lse2;
+      if (p.deterministic && row % Traits::kBlockM == 0) p.dq_semaphore[row / Traits::kBlockM] = 0;
     }
     float4* dq = reinterpret_cast<float4*>(p.dq_accum + row * kHeadDim);
     CUTE_UNROLL

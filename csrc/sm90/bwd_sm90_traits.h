@@ -151,6 +151,8 @@ struct BwdArgs {
   float const* dsum;
   // [batch, heads_q, seqlen_q_rounded, head dim] fp32, 64-row tiles in the dQ fragment order.
   float* dq_accum;
+  // Deterministic mode (else null): per 64-row tile of dq_accum, 1 + the last key block that added.
+  int* dq_semaphore;
   int32_t batch, heads_q, heads_kv, seqlen_q, seqlen_k, seqlen_q_rounded;
   float scale, softcap;
   int32_t window_left, window_right, diag_offset;

@@ -43,6 +43,22 @@ CUTE_DEVICE void bulk_reduce_add(float* gmem, float const* smem, int bytes) {
 // memory (CuTe's tma_store_wait waits for the reads).
 CUTE_DEVICE void bulk_wait_complete() { asm volatile("cp.async.bulk.wait_group 0;\n" ::: "memory"); }
 
+// Spins until *flag == value (acquire at GPU scope), then orders the async proxy (bulk reduces
+// issued next) after what the flag's writer had completed.
+CUTE_DEVICE void wait_flag_equal(int const* flag, int value) {
+  int seen;
+  do {
+    asm volatile("ld.acquire.gpu.global.s32 %0, [%1];\n" : "=r"(seen) : "l"(flag) : "memory");
+  } while (seen != value);
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+}
+// After bulk_wait_complete: makes this thread's completed bulk reduces visible, then stores
+// value to *flag (release at GPU scope).
+CUTE_DEVICE void release_flag_store(int* flag, int value) {
+  asm volatile("fence.proxy.async.global;\n" ::: "memory");
+  asm volatile("st.release.gpu.global.s32 [%0], %1;\n" ::"l"(flag), "r"(value) : "memory");
+}
+
 // acc (+)= A.B over all k slices as one wgmma batch; waits until at most kWait batches of this
 // warpgroup are still in flight (kWait < 0: no wait).
 template <bool kZeroInit, int kWait, class TiledMma, class TA, class TB, class TC>

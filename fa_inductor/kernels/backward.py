@@ -57,6 +57,7 @@ class FaBwdParams(ctypes.Structure):
         ("dtype", ctypes.c_int32),
         ("deterministic", ctypes.c_int32),
         ("num_splits", ctypes.c_int32),
+        ("dq_semaphore", ctypes.c_void_p),
     ]
 
 
@@ -91,8 +92,9 @@ SM90_HEAD_DIMS = (64, 96, 128)
 
 
 def sm90_covers(head_dim: int, deterministic: bool) -> bool:
-    """Whether the SM90 backward takes a call of this (padded) head dim; else the SM80 one runs."""
-    return head_dim in SM90_HEAD_DIMS and not deterministic
+    """Whether the SM90 backward takes a call of this (padded) head dim; else the SM80 one runs.
+    Both modes: deterministic calls add into each dQ tile in key-block order."""
+    return head_dim in SM90_HEAD_DIMS
 
 
 def _bind(raw: ctypes.CDLL, family: str = "sm80"):
@@ -141,8 +143,7 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
     if hd is None:
         raise ValueError(f"head dim {max(D, Dv)} too large for the compiled backward")
     if family == "sm90" and not sm90_covers(hd, deterministic):
-        raise ValueError(f"the SM90 backward takes head dims {SM90_HEAD_DIMS} without deterministic "
-                         f"mode (got head dim {hd}, deterministic={deterministic})")
+        raise ValueError(f"the SM90 backward takes head dims {SM90_HEAD_DIMS} (got head dim {hd})")
     if family not in ("sm80", "sm90"):
         raise ValueError(f"unknown kernel family {family!r}")
     q, k, v, out, grad_out = (_prepare(t, hd) for t in (q, k, v, out, grad_out))
@@ -156,7 +157,7 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
     diag = (Sk - Sq) if bottom_right else 0
 
     splits = 1
-    if deterministic:
+    if deterministic and family == "sm80":
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count
         # One wave: more CTAs than SMs would leave a mostly idle second wave.
         splits = max(1, min(math.ceil(Sk / _MIN_BLOCK_N), sms // (B * Hkv)))
@@ -166,6 +167,10 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
     # SM90 moves a query tile's row statistics with one bulk copy: rows padded like dq_accum.
     dsum = _workspace((B, Hq, sq_rounded if family == "sm90" else Sq), q.device)
     lse_log2 = _workspace((B, Hq, sq_rounded), q.device) if family == "sm90" else None
+    # SM90 deterministic mode: per 64-row tile of dq_accum, 1 + the last key block that added into
+    # it, so that they add in key-block order (the preprocessing kernel zeroes it).
+    semaphore = (torch.empty((B, Hq, sq_rounded // 64), dtype=torch.int32, device=q.device)
+                 if family == "sm90" and deterministic else None)
 
     p = FaBwdParams(
         q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(),
@@ -176,6 +181,7 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
         scale=float(scale), softcap=float(softcap) if softcap and softcap > 0 else 0.0,
         window_left=wl, window_right=wr, diag_offset=diag, dtype=_DTYPES[q.dtype],
         deterministic=int(bool(deterministic)), num_splits=splits,
+        dq_semaphore=semaphore.data_ptr() if semaphore is not None else None,
     )
     for name, t in (("q", q), ("k", k), ("v", v), ("out", out), ("dout", grad_out),
                     ("dq", dq_buf), ("dk", dk_buf), ("dv", dv_buf)):

@@ -12,7 +12,7 @@ import sys
 import threading
 from pathlib import Path
 
-ABI_VERSION = 1  # csrc/fa_api.h FA_ABI_VERSION
+ABI_VERSION = 2  # csrc/fa_api.h FA_ABI_VERSION
 
 FA_FP16 = 0
 FA_BF16 = 1
