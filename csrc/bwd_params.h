@@ -57,7 +57,7 @@ typedef struct FaBwdParams {
   int32_t num_splits;
   // SM90 deterministic mode: int32 [B, Hq, seqlen_q_rounded / 64], one per 64-row query tile of
   // dq_accum: 1 + the last key block that has added into it (set to 0 by the preprocessing), so
-  // that the key blocks add in key-block order.  Unused elsewhere (may be null).
+  // that the key blocks add in a fixed order.  Unused elsewhere (may be null).
   int32_t* dq_semaphore;
 } FaBwdParams;
 

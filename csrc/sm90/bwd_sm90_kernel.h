@@ -72,6 +72,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     head_kv = pair % args.heads_kv;
     batch = pair / args.heads_kv;
   }
+  // Deterministic mode adds dQ from the last key block to the first (BwdDqWriter): those start first.
+  if (args.dq_semaphore != nullptr) n_block = (args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN - 1 - n_block;
   const int warpgroup_idx = cutlass::canonical_warp_group_idx();
   const bool is_producer = warpgroup_idx == 0;
   const QueryRange range = query_blocks<Traits, Is_local>(args, n_block);

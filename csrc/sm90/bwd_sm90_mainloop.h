@@ -302,14 +302,16 @@ struct BwdConsumer {
 // dq_accum by one bulk reduce (dq_accum's 64-row tile; with kDqSplit warpgroup w's columns are
 // part w of it, else both warpgroups add into the whole tile).  Lane 0 issues, the warp waits.
 //
-// Deterministic mode (args.dq_semaphore set): the key blocks that see a query tile add into it in
-// key-block order, so its fp32 sums come out bit-identical run to run.  The blocks that see a tile
-// are consecutive (both ends of a block's query range grow with the block), so block n's
-// predecessor on tile m is block n - 1 when that one sees m too (m below its range's end), else n
-// is the first.  Each block waits until the tile's semaphore holds its own index (the first one
-// finds 0 from the preprocessing or needs no wait), adds, waits for its adds to complete and
-// stores n + 1.  CTAs start in launch order, and the launch puts lower key blocks of a
-// (kv head, batch) first (tile_order.h keeps that), so the awaited block is already running.
+// Deterministic mode (args.dq_semaphore set): the key blocks that see a query tile add into it from
+// the last key block to the first, so its fp32 sums come out bit-identical run to run.  That is
+// the order in which they reach the tile: each walks its query tiles upwards from the start of its
+// range, and later key blocks start later (causal, windows).  The blocks that see a tile are
+// consecutive (both ends of a block's query range grow with the block), so block n's predecessor
+// on tile m is block n + 1 when that one sees m too (m at or past the start of its range), else n
+// is the first.  Each block waits until the tile's semaphore holds n + 2 (block n + 1 stored it),
+// adds, waits for its adds to complete and stores n + 1.  CTAs start in launch order, and in this
+// mode the launch puts higher key blocks of a (kv head, batch) first (see the kernel), so the
+// awaited block is already running.
 template <class Traits, bool Is_local>
 struct BwdDqWriter {
   BwdArgs<Traits> const& args;
@@ -325,8 +327,10 @@ struct BwdDqWriter {
     float* head_tile = args.dq_accum + ((int64_t(batch) * args.heads_q + int64_t(head_kv) * group) *
                                             args.seqlen_q_rounded + range.min * Traits::kBlockM) * Traits::kHeadDim;
     const int64_t head_step = int64_t(args.seqlen_q_rounded) * Traits::kHeadDim;
-    // Query tiles below this end were seen by key block n_block - 1 as well.
-    const int shared_end = n_block == 0 ? 0 : query_blocks<Traits, Is_local>(args, n_block - 1).max;
+    // Query tiles from here on are seen by key block n_block + 1 as well.
+    const int n_blocks = (args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
+    const int shared_start =
+        n_block + 1 < n_blocks ? query_blocks<Traits, Is_local>(args, n_block + 1).min : INT_MAX;
 #pragma unroll 1
     for (int h = 0; h < group; ++h, head_tile += head_step) {
       float* dst = head_tile;
@@ -341,7 +345,7 @@ struct BwdDqWriter {
               const int m = range.min + b;
               semaphore = args.dq_semaphore + (int64_t(batch) * args.heads_q + head_kv * group + h) *
                                                   (args.seqlen_q_rounded / Traits::kBlockM) + m;
-              if (m < shared_end) wait_flag_equal(semaphore, n_block);
+              if (m >= shared_start) wait_flag_equal(semaphore, n_block + 2);
             }
             bulk_reduce_add(dst + (Traits::kDqSplit ? w * kPart : 0), smem.dq.data() + w * kPart,
                             kPart * int(sizeof(float)));

@@ -168,7 +168,7 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
     dsum = _workspace((B, Hq, sq_rounded if family == "sm90" else Sq), q.device)
     lse_log2 = _workspace((B, Hq, sq_rounded), q.device) if family == "sm90" else None
     # SM90 deterministic mode: per 64-row tile of dq_accum, 1 + the last key block that added into
-    # it, so that they add in key-block order (the preprocessing kernel zeroes it).
+    # it, so that they add in a fixed order (the preprocessing kernel zeroes it).
     semaphore = (torch.empty((B, Hq, sq_rounded // 64), dtype=torch.int32, device=q.device)
                  if family == "sm90" and deterministic else None)
 
