@@ -18,12 +18,13 @@ import contextlib
 import json
 import os
 import statistics
-import time
 
 import torch
 import torch.nn.functional as F
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from triton.testing import do_bench
+
+from attnbench.timing import back_to_back_us
 
 from fa_inductor import kernels
 
@@ -47,14 +48,7 @@ def host_overhead_us(backend, families, dev, dtype, calls: int = 2000) -> dict[s
     for name, fn in impls.items():
         ctx = sdpa_kernel(SDPBackend.CUDNN_ATTENTION) if name == "sdpa-cudnn" else contextlib.nullcontext()
         with ctx:
-            for _ in range(50):
-                fn()
-            torch.cuda.synchronize()
-            start = time.perf_counter()
-            for _ in range(calls):
-                fn()
-            torch.cuda.synchronize()
-        result[name] = (time.perf_counter() - start) / calls * 1e6
+            result[name] = back_to_back_us(fn, calls, 50, torch.cuda.synchronize)
     return result
 
 

@@ -14,21 +14,14 @@ import argparse
 import cProfile
 import io
 import pstats
-import time
 
 import torch
 import torch.nn.functional as F
+from attnbench.timing import back_to_back_us
 
 
 def per_call_us(fn, calls: int) -> float:
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    torch.cuda.synchronize()
-    return (time.perf_counter() - t0) * 1e6 / calls
+    return back_to_back_us(fn, calls, 10, torch.cuda.synchronize)
 
 
 def main() -> int:

@@ -12,6 +12,19 @@ from dataclasses import dataclass
 QUANTILES = (0.2, 0.5, 0.8)
 
 
+def back_to_back_us(fn: Callable[[], object], calls: int, warmup: int, sync: Callable[[], None]) -> float:
+    """Microseconds per call of ``calls`` calls issued back to back with one sync at the end: where
+    a call's host work is longer than its device work, this is the host's time per call."""
+    for _ in range(warmup):
+        fn()
+    sync()
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    sync()
+    return (time.perf_counter() - start) * 1e6 / calls
+
+
 @dataclass(frozen=True)
 class Timing:
     median_ms: float
