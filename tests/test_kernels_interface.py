@@ -7,8 +7,6 @@ window, GQA) and the reasons given for calls the kernels do not cover.
 
 from __future__ import annotations
 
-import contextlib
-import types
 
 import pytest
 import torch
@@ -33,8 +31,7 @@ class RecordingLibrary:
 
 @pytest.fixture
 def backend(monkeypatch):
-    monkeypatch.setattr(torch.cuda, "device", lambda d: contextlib.nullcontext())
-    monkeypatch.setattr(torch.cuda, "current_stream", lambda d=None: types.SimpleNamespace(cuda_stream=4242))
+    monkeypatch.setattr(kernels, "launch_on", lambda device, launch: launch(4242))
     return kernels.KernelBackend(RecordingLibrary(), torch.device("cpu"))
 
 

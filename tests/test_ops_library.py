@@ -228,6 +228,69 @@ def test_bool_bias_and_seed_get_no_gradient(backward_calls):
     assert torch.isfinite(gq).all()
 
 
+def test_plain_tensors_reach_the_implementation_without_a_second_dispatch(monkeypatch):
+    """Below the Autograd key a plain tensor has only its backend key left, so the autograd
+    kernel calls the implementation itself (another trip through the dispatcher is host time on
+    every call); with anything else below it (here fake tensors) it redispatches."""
+    from torch._subclasses.fake_tensor import FakeTensor
+
+    from fa_inductor.ops import library
+
+    redispatched = []
+    real = library._FORWARD
+
+    class Spy:
+        def redispatch(self, keyset, *args):
+            redispatched.append(keyset)
+            return real.redispatch(keyset, *args)
+
+    monkeypatch.setattr(library, "_FORWARD", Spy())
+    q, k, v = rand_qkv(b=1, hq=2, hkv=1, sq=5, sk=6, d=4)
+    out, _ = FWD(*fwd_args(q, k, v))
+    qg = q.detach().requires_grad_()
+    out_g, _ = FWD(*fwd_args(qg, k, v))
+    assert redispatched == []
+    torch.testing.assert_close(out_g.detach(), out)
+    assert out_g.grad_fn is not None
+    with FakeTensorMode():
+        fq, fk, fv = (torch.empty(t.shape) for t in (q, k, v))
+        fake_out, _ = FWD(*fwd_args(fq, fk, fv))
+    assert isinstance(fake_out, FakeTensor) and len(redispatched) == 1
+
+
+def test_the_backward_calls_its_implementation_unless_something_would_intercept_the_op(
+        backward_calls, monkeypatch):
+    """With plain tensors the autograd formula runs the backward implementation itself (no trip
+    through the dispatcher); under a dispatch mode it calls the op, so the mode sees one
+    fa.attention_backward, and the gradients are the same."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from fa_inductor.ops import library
+
+    class Log(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.ops = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            self.ops.append(func)
+            return func(*args, **(kwargs or {}))
+
+    op_calls = []
+    real = library._BACKWARD
+    monkeypatch.setattr(library, "_BACKWARD", lambda *a: op_calls.append(a) or real(*a))
+    q, k, v = rand_qkv(b=1, hq=2, hkv=1, sq=5, sk=6, d=4, requires_grad=True)
+    out, _ = FWD(*fwd_args(q, k, v))
+    go = torch.randn_like(out)
+    direct = torch.autograd.grad(out, (q, k, v), go, retain_graph=True)
+    assert op_calls == [] and len(backward_calls) == 1
+    with Log() as log:
+        seen = torch.autograd.grad(out, (q, k, v), go, retain_graph=True)
+    assert len(op_calls) == 1 and log.ops.count(BWD) == 1
+    for a, b in zip(seen, direct):
+        torch.testing.assert_close(a, b)
+
+
 # ----------------------------------------------------------------------------- validation
 
 

@@ -33,43 +33,65 @@ def padded_head_dim(d: int) -> int | None:
     return None
 
 
-def _aligned(t: torch.Tensor) -> bool:
-    """Whether t's rows can be moved with 16-byte copies: last dim contiguous, 16-byte aligned
-    base and leading strides multiple of 16 bytes."""
+def _row_strides(t: torch.Tensor) -> tuple[int, int, int] | None:
+    """Batch, head and row strides of a [B, H, S, D] tensor whose rows can be moved with 16-byte
+    copies (last dim contiguous, 16-byte aligned base, leading strides multiples of 16 bytes), or
+    None if they cannot.  A dim of size 1 gets stride 0: its stride is never multiplied by a
+    nonzero index and may be anything, which the kernel's alignment check would refuse."""
     strides, shape = t.stride(), t.shape
-    if strides[-1] != 1 and shape[-1] > 1:
-        return False
+    if strides[3] != 1 and shape[3] > 1:
+        return None
     if t.data_ptr() % _ALIGN_BYTES:
-        return False
+        return None
     esize = t.element_size()
-    for s, n in zip(strides[:-1], shape[:-1]):
-        if n > 1 and (s * esize) % _ALIGN_BYTES:
-            return False
-    return True
+    out = []
+    for i in range(3):
+        if shape[i] > 1:
+            if (strides[i] * esize) % _ALIGN_BYTES:
+                return None
+            out.append(strides[i])
+        else:
+            out.append(0)
+    return out[0], out[1], out[2]
 
 
-def _leading_strides(t: torch.Tensor) -> tuple[int, int, int]:
-    """Batch, head and row strides; 0 for a dim of size 1, whose stride is never used (and may
-    be anything, which the kernel's alignment check would refuse)."""
-    return tuple(s if n > 1 else 0 for s, n in zip(t.stride()[:3], t.shape[:3]))
-
-
-def _prepare(x: torch.Tensor, head_dim: int) -> torch.Tensor:
-    """x with its last dim zero-padded to head_dim and its rows 16-byte aligned."""
-    d = x.size(-1)
-    if d != head_dim:
-        x = torch.nn.functional.pad(x, (0, head_dim - d))
-    if not _aligned(x):
+def _prepared(x: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """x with its last dim zero-padded to head_dim and its rows 16-byte aligned, and its
+    ``_row_strides``."""
+    if x.shape[3] != head_dim:
+        x = torch.nn.functional.pad(x, (0, head_dim - x.shape[3]))
+    strides = _row_strides(x)
+    if strides is None:
         x = x.contiguous()
-    return x
+        strides = _row_strides(x)
+    return x, strides
+
+
+def launch_on(device: torch.device, launch):
+    """``launch(stream)`` with ``device`` current, ``stream`` the raw handle of its current stream
+    (the C entry points launch there).  Reads the current device first: the guard's set and
+    restore cost more than the launch's host side whenever the device is already current, which
+    is almost every call."""
+    index = device.index
+    if torch._C._cuda_getDevice() == index:
+        return launch(torch._C._cuda_getCurrentRawStream(index))
+    with torch.cuda.device(index):
+        return launch(torch._C._cuda_getCurrentRawStream(index))
+
+
+_BACKWARD_MODULE = []
 
 
 def _backward_module():
     """fa_inductor.kernels.backward (written by the backward's engineer), or None if missing."""
+    if _BACKWARD_MODULE:
+        return _BACKWARD_MODULE[0]
     try:
-        return importlib.import_module(f"{__name__}.backward")
+        module = importlib.import_module(f"{__name__}.backward")
     except ImportError:
         return None
+    _BACKWARD_MODULE.append(module)
+    return module
 
 
 def _family(lib: _library.Library, device: torch.device, direction: str) -> str:
@@ -170,7 +192,8 @@ class KernelBackend:
     def _forward(self, call, q, k, v, scale, causal, bottom_right, window_left, window_right, softcap,
                  out, lse) -> None:
         B, Hq, Sq, D = q.shape
-        Hkv, Sk, Dv = k.size(1), k.size(2), v.size(-1)
+        _, Hkv, Sk, _ = k.shape
+        Dv = v.shape[3]
         if B == 0 or Hq == 0 or Sq == 0:
             return
         if Sk == 0:
@@ -178,30 +201,28 @@ class KernelBackend:
             lse.fill_(float("-inf"))
             return
         hd = padded_head_dim(max(D, Dv))
-        q, k, v = (_prepare(t, hd) for t in (q, k, v))
+        q, qs = _prepared(q, hd)
+        k, ks = _prepared(k, hd)
+        v, vs = _prepared(v, hd)
         o = out
-        if Dv != hd or not _aligned(out):
+        os_ = _row_strides(out) if Dv == hd else None
+        if os_ is None:
             o = torch.empty((B, Sq, Hq, hd), dtype=q.dtype, device=q.device).transpose(1, 2)
+            os_ = _row_strides(o)
         lse_buf = lse if lse.is_contiguous() else torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
 
         wl = int(window_left) if window_left is not None and window_left >= 0 else -1
         wr = int(window_right) if window_right is not None and window_right >= 0 else -1
         if causal:
             wr = 0 if wr < 0 else min(wr, 0)
-        qs, ks, vs, os_ = (_leading_strides(t) for t in (q, k, v, o))
+        # Positional, in FaFwdParams' order: keyword construction of a ctypes struct costs more.
         p = _library.FwdParams(
-            q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=o.data_ptr(), lse=lse_buf.data_ptr(),
-            q_batch_stride=qs[0], q_head_stride=qs[1], q_row_stride=qs[2],
-            k_batch_stride=ks[0], k_head_stride=ks[1], k_row_stride=ks[2],
-            v_batch_stride=vs[0], v_head_stride=vs[1], v_row_stride=vs[2],
-            o_batch_stride=os_[0], o_head_stride=os_[1], o_row_stride=os_[2],
-            batch=B, heads_q=Hq, heads_kv=Hkv, seqlen_q=Sq, seqlen_k=Sk, head_dim=hd,
-            dtype=_DTYPE_CODES[q.dtype], scale=float(scale),
-            softcap=float(softcap) if softcap and softcap > 0 else 0.0,
-            window_left=wl, window_right=wr, bottom_right=int(bool(bottom_right)),
+            q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse_buf.data_ptr(),
+            *qs, *ks, *vs, *os_,
+            B, Hq, Hkv, Sq, Sk, hd, _DTYPE_CODES[q.dtype], float(scale),
+            float(softcap) if softcap and softcap > 0 else 0.0, wl, wr, int(bool(bottom_right)),
         )
-        with torch.cuda.device(q.device):
-            call(p, torch.cuda.current_stream(q.device).cuda_stream)
+        launch_on(q.device, lambda stream: call(p, stream))
         if o is not out:
             out.copy_(o[..., :Dv])
         if lse_buf is not lse:
@@ -249,8 +270,24 @@ def _device_index(device) -> int | None:
     return device.index if device.index is not None else torch.cuda.current_device()
 
 
+# Every op call asks for its device's backend: the answer for a torch.device with an index, the
+# key every CUDA tensor's .device gives, is kept here and found with one lookup.
+_by_device: dict[torch.device, KernelBackend | None] = {}
+
+
 def get_backend(device) -> KernelBackend | None:
     """The compiled kernels for ``device``, or None (see ``unavailable_reason``)."""
+    try:
+        return _by_device[device]
+    except (KeyError, TypeError):
+        pass
+    backend = _lookup_backend(device)
+    if isinstance(device, torch.device) and device.type == "cuda" and device.index is not None:
+        _by_device[device] = backend
+    return backend
+
+
+def _lookup_backend(device) -> KernelBackend | None:
     if torch.device(device).type != "cuda" or not torch.cuda.is_available():
         return None
     index = _device_index(device)

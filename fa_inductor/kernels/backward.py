@@ -15,6 +15,8 @@ import math
 
 import torch
 
+from . import _prepared, _row_strides, launch_on, padded_head_dim  # the forward's tensor rules
+
 FA_BWD_FP16 = 0
 FA_BWD_BF16 = 1
 
@@ -80,12 +82,6 @@ def backward_unsupported(q, k, v, bias, causal, bottom_right, window_left, windo
     return None
 
 
-def _strides(t: torch.Tensor) -> tuple[int, int, int]:
-    # A size-1 dim's stride is never multiplied by a nonzero index; 0 keeps the kernel's
-    # 16-byte alignment check meaningful for the others.
-    return tuple(s if n > 1 else 0 for s, n in zip(t.stride()[:3], t.shape[:3]))
-
-
 # Head dims (after padding) the SM90 backward is compiled for; its dK and dV accumulators of
 # larger head dims do not fit in a warpgroup's registers (csrc/sm90/bwd_sm90_traits.h).
 SM90_HEAD_DIMS = (64, 96, 128)
@@ -109,12 +105,15 @@ def _bind(raw: ctypes.CDLL, family: str = "sm80"):
     return fn
 
 
-def _out_buffer(t: torch.Tensor, hd: int, aligned) -> torch.Tensor:
-    """t itself if the kernel can write it, else a [B,S,H,hd]-ordered scratch to copy back from."""
-    if t.size(-1) == hd and aligned(t):
-        return t
+def _out_buffer(t: torch.Tensor, hd: int) -> tuple[torch.Tensor, tuple[int, int, int]]:
+    """t itself if the kernel can write it, else a [B,S,H,hd]-ordered scratch to copy back from;
+    with its row strides."""
+    strides = _row_strides(t) if t.shape[3] == hd else None
+    if strides is not None:
+        return t, strides
     B, H, S, _ = t.shape
-    return torch.empty((B, S, H, hd), dtype=t.dtype, device=t.device).transpose(1, 2)
+    buf = torch.empty((B, S, H, hd), dtype=t.dtype, device=t.device).transpose(1, 2)
+    return buf, _row_strides(buf)
 
 
 def _workspace(shape, device) -> torch.Tensor:
@@ -123,14 +122,28 @@ def _workspace(shape, device) -> torch.Tensor:
     return torch.empty(shape, dtype=torch.float32, device=device)
 
 
+# Each part of the workspace starts on a 128-byte boundary, as a separate allocation would (the
+# kernels' bulk copies need 16).
+_PART_ALIGN = 32  # fp32 elements
+
+
+def _parts(*sizes: int) -> tuple[int, list[int]]:
+    """Total fp32 elements and the offset of each part for one allocation holding parts of these
+    sizes (0: absent)."""
+    offsets, total = [], 0
+    for n in sizes:
+        offsets.append(total)
+        total += -(-n // _PART_ALIGN) * _PART_ALIGN
+    return max(total, 1), offsets
+
+
 def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, window_left,
                  window_right, softcap, dq, dk, dv, deterministic=False, family="sm80") -> None:
     """Writes dq, dk, dv (preallocated, their inputs' shapes, last dim contiguous) with the
     ``family`` ("sm80" or "sm90") kernels; the SM90 ones must cover the call (``sm90_covers``)."""
-    from . import _aligned, _prepare, padded_head_dim  # the forward's tensor rules
-
     B, Hq, Sq, D = q.shape
-    Hkv, Sk, Dv = k.size(1), k.size(2), v.size(-1)
+    _, Hkv, Sk, _ = k.shape
+    Dv = v.shape[3]
     if B == 0 or Hq == 0:
         return
     if Sq == 0 or Sk == 0:
@@ -142,13 +155,21 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
     hd = padded_head_dim(max(D, Dv))
     if hd is None:
         raise ValueError(f"head dim {max(D, Dv)} too large for the compiled backward")
-    if family == "sm90" and not sm90_covers(hd, deterministic):
+    sm90 = family == "sm90"
+    if sm90 and not sm90_covers(hd, deterministic):
         raise ValueError(f"the SM90 backward takes head dims {SM90_HEAD_DIMS} (got head dim {hd})")
-    if family not in ("sm80", "sm90"):
+    if not sm90 and family != "sm80":
         raise ValueError(f"unknown kernel family {family!r}")
-    q, k, v, out, grad_out = (_prepare(t, hd) for t in (q, k, v, out, grad_out))
-    lse = lse.to(torch.float32).contiguous()
-    dq_buf, dk_buf, dv_buf = (_out_buffer(t, hd, _aligned) for t in (dq, dk, dv))
+    q, qs = _prepared(q, hd)
+    k, ks = _prepared(k, hd)
+    v, vs = _prepared(v, hd)
+    out, outs = _prepared(out, hd)
+    grad_out, dos = _prepared(grad_out, hd)
+    if lse.dtype != torch.float32 or not lse.is_contiguous():
+        lse = lse.to(torch.float32).contiguous()
+    dq_buf, dqs = _out_buffer(dq, hd)
+    dk_buf, dks = _out_buffer(dk, hd)
+    dv_buf, dvs = _out_buffer(dv, hd)
 
     wl = int(window_left) if window_left is not None and window_left >= 0 else -1
     wr = int(window_right) if window_right is not None and window_right >= 0 else -1
@@ -157,43 +178,43 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
     diag = (Sk - Sq) if bottom_right else 0
 
     splits = 1
-    if deterministic and family == "sm80":
+    if deterministic and not sm90:
         sms = torch.cuda.get_device_properties(q.device).multi_processor_count
         # One wave: more CTAs than SMs would leave a mostly idle second wave.
         splits = max(1, min(math.ceil(Sk / _MIN_BLOCK_N), sms // (B * Hkv)))
     # Rows padded to 128 (>= any kBlockM): the main kernel adds edge tiles without predicates.
     sq_rounded = -(-Sq // 128) * 128
-    dq_accum = _workspace((splits, B, Hq, sq_rounded, hd), q.device)
-    # SM90 moves a query tile's row statistics with one bulk copy: rows padded like dq_accum.
-    dsum = _workspace((B, Hq, sq_rounded if family == "sm90" else Sq), q.device)
-    lse_log2 = _workspace((B, Hq, sq_rounded), q.device) if family == "sm90" else None
-    # SM90 deterministic mode: per 64-row tile of dq_accum, 1 + the last key block that added into
-    # it, so that they add in a fixed order (the preprocessing kernel zeroes it).
-    semaphore = (torch.empty((B, Hq, sq_rounded // 64), dtype=torch.int32, device=q.device)
-                 if family == "sm90" and deterministic else None)
+    # One allocation for the scratch (each torch.empty is host time on every call):
+    # - the fp32 dQ accumulator [splits, B, Hq, sq_rounded, hd];
+    # - rowsum(dO * O) [B, Hq, rows]; SM90 moves a query tile's row statistics with one bulk copy,
+    #   so its rows are padded like the accumulator's;
+    # - SM90: lse in base 2 [B, Hq, sq_rounded];
+    # - SM90 deterministic mode: per 64-row tile of the accumulator, an int32 semaphore (1 + the
+    #   last key block that added into it) so that they add in a fixed order (the preprocessing
+    #   kernel zeroes it).
+    rows = B * Hq * sq_rounded
+    total, (o_accum, o_dsum, o_lse2, o_sem) = _parts(
+        splits * rows * hd, rows if sm90 else B * Hq * Sq, rows if sm90 else 0,
+        rows // 64 if sm90 and deterministic else 0)
+    workspace = _workspace((total,), q.device)  # held until the launch below is queued
+    base = workspace.data_ptr()
 
     p = FaBwdParams(
-        q=q.data_ptr(), k=k.data_ptr(), v=v.data_ptr(), out=out.data_ptr(),
-        dout=grad_out.data_ptr(), lse=lse.data_ptr(), dq=dq_buf.data_ptr(), dk=dk_buf.data_ptr(),
-        dv=dv_buf.data_ptr(), dq_accum=dq_accum.data_ptr(), dsum=dsum.data_ptr(),
-        batch=B, heads_q=Hq, heads_kv=Hkv, seqlen_q=Sq, seqlen_k=Sk, head_dim=hd,
-        seqlen_q_rounded=sq_rounded,
-        scale=float(scale), softcap=float(softcap) if softcap and softcap > 0 else 0.0,
-        window_left=wl, window_right=wr, diag_offset=diag, dtype=_DTYPES[q.dtype],
-        deterministic=int(bool(deterministic)), num_splits=splits,
-        dq_semaphore=semaphore.data_ptr() if semaphore is not None else None,
+        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), grad_out.data_ptr(),
+        lse.data_ptr(), dq_buf.data_ptr(), dk_buf.data_ptr(), dv_buf.data_ptr(),
+        base + 4 * o_accum, base + 4 * o_dsum,
+        qs, ks, vs, outs, dos, dqs, dks, dvs,
+        B, Hq, Hkv, Sq, Sk, hd, sq_rounded,
+        float(scale), float(softcap) if softcap and softcap > 0 else 0.0,
+        wl, wr, diag, _DTYPES[q.dtype], int(bool(deterministic)), splits,
+        base + 4 * o_sem if sm90 and deterministic else None,
     )
-    for name, t in (("q", q), ("k", k), ("v", v), ("out", out), ("dout", grad_out),
-                    ("dq", dq_buf), ("dk", dk_buf), ("dv", dv_buf)):
-        getattr(p, f"{name}_strides")[:] = _strides(t)
-
     fn = _bind(lib.raw, family)
-    with torch.cuda.device(q.device):
-        stream = ctypes.c_void_p(torch.cuda.current_stream(q.device).cuda_stream)
-        if family == "sm90":
-            status = fn(ctypes.byref(p), ctypes.c_void_p(lse_log2.data_ptr()), stream)
-        else:
-            status = fn(ctypes.byref(p), stream)
+    if sm90:
+        lse_log2 = base + 4 * o_lse2
+        status = launch_on(q.device, lambda stream: fn(ctypes.byref(p), lse_log2, stream))
+    else:
+        status = launch_on(q.device, lambda stream: fn(ctypes.byref(p), stream))
     lib.check(status, f"fa_bwd_{family}")
     for buf, dst, d in ((dq_buf, dq, D), (dk_buf, dk, D), (dv_buf, dv, Dv)):
         if buf is not dst:

@@ -47,25 +47,42 @@ class Choice:
 # ----------------------------------------------------------------------------- kernel backend
 
 
+_get_backend = []  # fa_inductor.kernels.get_backend, once imported
+
+
 def _kernel_backend(device: torch.device):
     """The compiled-kernel backend for ``device``, or None (not built, not importable, CPU)."""
     if os.environ.get("FA_INDUCTOR_DISABLE_KERNELS") == "1":
         return None
-    try:
-        from fa_inductor.kernels import get_backend
-    except ImportError:
-        return None
-    return get_backend(device)
+    if not _get_backend:
+        try:
+            from fa_inductor.kernels import get_backend
+        except ImportError:
+            return None
+        _get_backend.append(get_backend)
+    return _get_backend[0](device)
 
 
-def _select(kernel_check: str, q, k, v, bias, causal, bottom_right, window_left, window_right,
-            softcap, dropout_p) -> Choice:
+_kernel_choices: dict[str, Choice] = {}  # one Choice per kernel family, made once
+
+
+def _kernel_choice(name: str) -> Choice:
+    choice = _kernel_choices.get(name)
+    if choice is None:
+        choice = _kernel_choices[name] = Choice(name, "compiled kernel supports the call")
+    return choice
+
+
+def _choose(kernel_check: str, q, k, v, bias, causal, bottom_right, window_left, window_right,
+            softcap, dropout_p):
+    """(the Choice, the kernel backend it names or None): the run functions use the backend the
+    choice was made with rather than ask for it again."""
     passed_over: list[str] = []
     # The kernel backend is asked for every device (it answers None off CUDA), which also lets
     # tests stand in a backend on CPU.
     backend = _kernel_backend(q.device)
     if backend is None and q.device.type != "cuda":
-        return Choice(REFERENCE, f"no CUDA device ({q.device.type})")
+        return Choice(REFERENCE, f"no CUDA device ({q.device.type})"), None
     if backend is None:
         passed_over.append("no compiled kernels")
     else:
@@ -79,7 +96,7 @@ def _select(kernel_check: str, q, k, v, bias, causal, bottom_right, window_left,
         why = getattr(backend, kernel_check)(q, k, v, bias, causal, bottom_right, window_left,
                                              window_right, softcap, dropout_p)
         if why is None:
-            return Choice(name, "compiled kernel supports the call")
+            return _kernel_choice(name), backend
         passed_over.append(f"{name}: {why}")
     why = sdpa.unsupported(q, k, v, bias, causal, bottom_right, window_left, window_right,
                             softcap, dropout_p)
@@ -93,28 +110,28 @@ def _select(kernel_check: str, q, k, v, bias, causal, bottom_right, window_left,
         if why_flash is None and causal and q.shape[2] != k.shape[2]:
             why_flash = "flash SDPA is_causal needs Sq == Sk"
         if why_flash is None:
-            return Choice(SDPA_FLASH, "; ".join(passed_over))
+            return Choice(SDPA_FLASH, "; ".join(passed_over)), None
         why_eff = sdpa.efficient_unsupported(q, k, v, bias, band)
         if why_eff is None:
-            return Choice(SDPA_EFFICIENT, "; ".join(passed_over + [why_flash]))
+            return Choice(SDPA_EFFICIENT, "; ".join(passed_over + [why_flash])), None
         passed_over += [why_flash, why_eff]
     else:
         passed_over.append(why)
-    return Choice(REFERENCE, "; ".join(passed_over))
+    return Choice(REFERENCE, "; ".join(passed_over)), None
 
 
 def select_forward(q, k, v, bias, causal, bottom_right, window_left, window_right, softcap,
                    dropout_p) -> Choice:
     """The implementation ``run_forward`` uses for these arguments (metadata only: fakes ok)."""
-    return _select("forward_unsupported", q, k, v, bias, causal, bottom_right, window_left,
-                   window_right, softcap, dropout_p)
+    return _choose("forward_unsupported", q, k, v, bias, causal, bottom_right, window_left,
+                   window_right, softcap, dropout_p)[0]
 
 
 def select_backward(q, k, v, bias, causal, bottom_right, window_left, window_right, softcap,
                     dropout_p) -> Choice:
     """The implementation ``run_backward`` uses for these arguments (metadata only: fakes ok)."""
-    return _select("backward_unsupported", q, k, v, bias, causal, bottom_right, window_left,
-                   window_right, softcap, dropout_p)
+    return _choose("backward_unsupported", q, k, v, bias, causal, bottom_right, window_left,
+                   window_right, softcap, dropout_p)[0]
 
 
 def _hint(x) -> int:
@@ -226,8 +243,9 @@ def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
 def run_forward(q, k, v, bias, scale, causal, bottom_right, window_left, window_right, softcap,
                 dropout_p, dropout_seed, out, lse) -> Choice:
     """Compute the forward into out/lse with the implementation ``select_forward`` picks."""
-    choice = _note("forward", select_forward(q, k, v, bias, causal, bottom_right, window_left,
-                                             window_right, softcap, dropout_p))
+    choice, backend = _choose("forward_unsupported", q, k, v, bias, causal, bottom_right,
+                              window_left, window_right, softcap, dropout_p)
+    _note("forward", choice)
     if choice.name == REFERENCE:
         reference.forward_into(q, k, v, bias, scale, causal, bottom_right, window_left,
                                window_right, softcap, dropout_p, dropout_seed, out, lse)
@@ -238,8 +256,8 @@ def run_forward(q, k, v, bias, scale, causal, bottom_right, window_left, window_
                                                      window_left, window_right)
         sdpa.forward(choice.name, q, k, v, sdpa_bias, scale, sdpa_causal, out, lse)
     else:
-        _kernel_backend(q.device).forward(q, k, v, scale, causal, bottom_right, window_left,
-                                          window_right, softcap, out, lse)
+        backend.forward(q, k, v, scale, causal, bottom_right, window_left, window_right, softcap,
+                        out, lse)
     return choice
 
 
@@ -247,8 +265,8 @@ def run_backward(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right,
                  window_right, softcap, dropout_p, dropout_seed, dq, dk, dv, dbias) -> Choice:
     """Compute the gradients into dq/dk/dv (and dbias unless None) with the implementation
     ``select_backward`` picks."""
-    choice = select_backward(q, k, v, bias, causal, bottom_right, window_left, window_right,
-                             softcap, dropout_p)
+    choice, backend = _choose("backward_unsupported", q, k, v, bias, causal, bottom_right,
+                              window_left, window_right, softcap, dropout_p)
     if choice.name != REFERENCE and reference.lse_lost_precision(lse, bias):
         choice = Choice(REFERENCE, f"{choice.name} passed over: a row's keys all carry a huge "
                         "finite bias, whose fp32 lse cannot rebuild its probabilities")
@@ -265,7 +283,7 @@ def run_backward(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right,
         sdpa.backward(choice.name, grad_out, q, k, v, out, lse, sdpa_bias, scale, sdpa_causal,
                       dq, dk, dv, dbias)
     else:
-        _kernel_backend(q.device).backward(
+        backend.backward(
             grad_out, q, k, v, out, lse, scale, causal, bottom_right, window_left, window_right,
             softcap, dq, dk, dv, torch.are_deterministic_algorithms_enabled())
     return choice

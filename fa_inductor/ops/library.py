@@ -28,8 +28,10 @@ _TAGS = tuple(
 
 
 def _empty_bshd(b, s, h, d, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
-    """A [B, H, S, D] tensor laid out in [B, S, H, D] memory order."""
-    return torch.empty((b, s, h, d), dtype=dtype or like.dtype, device=like.device).transpose(1, 2)
+    """A [B, H, S, D] tensor laid out in [B, S, H, D] memory order (one call: every op call makes
+    these)."""
+    return torch.empty_strided((b, h, s, d), (s * h * d, d, h * d, 1), dtype=dtype or like.dtype,
+                               device=like.device)
 
 
 def empty_forward_outputs(q: torch.Tensor, dims: validation.AttentionDims):
@@ -67,6 +69,20 @@ _LIB.define(
 )
 
 
+def _dispatch():
+    """The dispatch module (imported late: it imports the kernels and SDPA glue, which the op
+    definitions do not need)."""
+    global _DISPATCH
+    if _DISPATCH is None:
+        from . import dispatch
+
+        _DISPATCH = dispatch
+    return _DISPATCH
+
+
+_DISPATCH = None
+
+
 def attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
     scale: float, causal: bool, bottom_right: bool, window_left: int, window_right: int,
@@ -75,11 +91,9 @@ def attention_forward(
     """The real forward (every device): validate, allocate, let ``dispatch`` run it."""
     dims = validation.check_forward(q, k, v, bias, scale, causal, bottom_right, window_left,
                                     window_right, softcap, dropout_p, dropout_seed)
-    from . import dispatch
-
     out, lse = empty_forward_outputs(q, dims)
-    dispatch.run_forward(q, k, v, bias, scale, causal, bottom_right, window_left, window_right,
-                         softcap, dropout_p, dropout_seed, out, lse)
+    _dispatch().run_forward(q, k, v, bias, scale, causal, bottom_right, window_left,
+                            window_right, softcap, dropout_p, dropout_seed, out, lse)
     return out, lse
 
 
@@ -100,12 +114,10 @@ def attention_backward(
     validation.check_backward(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right,
                               window_left, window_right, softcap, dropout_p, dropout_seed,
                               bias_requires_grad)
-    from . import dispatch
-
     dq, dk, dv, dbias = empty_backward_outputs(q, k, v, bias, bias_requires_grad)
-    dispatch.run_backward(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right,
-                          window_left, window_right, softcap, dropout_p, dropout_seed,
-                          dq, dk, dv, dbias if bias_requires_grad else None)
+    _dispatch().run_backward(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right,
+                             window_left, window_right, softcap, dropout_p, dropout_seed,
+                             dq, dk, dv, dbias if bias_requires_grad else None)
     return dq, dk, dv, dbias
 
 
@@ -126,19 +138,47 @@ torch.library.register_fake("fa::attention_backward", _attention_backward_fake, 
 # ----------------------------------------------------------------------------- autograd
 
 _FORWARD = torch.ops.fa.attention_forward.default
+_BACKWARD = torch.ops.fa.attention_backward.default
 _BELOW_AUTOGRAD = torch._C._after_autograd_keyset
+# Keysets below Autograd with nothing but a backend in them: no mode, tensor subclass, fake
+# tensor or functionalization waits between the Autograd kernel and the implementation.
+_PLAIN = tuple(torch._C.DispatchKeySet(k) for k in (torch._C.DispatchKey.CUDA,
+                                                     torch._C.DispatchKey.CPU))
+
+
+def _plain(keyset) -> bool:
+    below = keyset & _BELOW_AUTOGRAD
+    return below == _PLAIN[0] or below == _PLAIN[1]
 
 
 def _redispatch_forward(keyset, args):
+    if _plain(keyset):
+        # The dispatcher would only come back to attention_forward: call it, sparing the trip
+        # (a boxed redispatch into Python, a good part of a short call's host time).
+        return attention_forward(*args)
     with torch._C._AutoDispatchBelowAutograd():
         return _FORWARD.redispatch(keyset & _BELOW_AUTOGRAD, *args)
 
 
+def _backward_reaches_the_implementation(ctx, grad_out) -> bool:
+    """Whether a call of ``fa::attention_backward`` here would reach its implementation untouched,
+    so that the backward can call it directly: the forward's inputs were plain tensors (see
+    ``_PLAIN``), so is grad_out, and no dispatch mode, functorch transform or graph recording
+    (create_graph, where the op's autograd fallback must see the call) is active."""
+    return (ctx.plain and type(grad_out) is torch.Tensor and not grad_out._is_zerotensor()
+            and not torch.is_grad_enabled() and torch._C._len_torch_dispatch_stack() == 0
+            and not torch._C._are_functorch_transforms_active())
+
+
 class _AttentionFunction(torch.autograd.Function):
-    """forward: the op below the Autograd key; backward: ``fa::attention_backward``."""
+    """forward: the op below the Autograd key; backward: ``fa::attention_backward`` (its
+    implementation called directly where nothing would intercept the op)."""
 
     @staticmethod
     def forward(ctx, keyset, *args):
+        # lse's gradient is never used: no zeros made for it.
+        ctx.set_materialize_grads(False)
+        ctx.plain = _plain(keyset)
         out, lse = _redispatch_forward(keyset, args)
         q, k, v, bias, *scalars, dropout_seed = args
         ctx.scalars = tuple(scalars)
@@ -153,12 +193,20 @@ class _AttentionFunction(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out, grad_lse):
+        if grad_out is None:  # no gradient reached out (grads are not materialised as zeros)
+            return (None,) * 13
         q, k, v, out, lse, bias, dropout_seed = ctx.saved_tensors
         scale, causal, bottom_right, window_left, window_right, softcap, dropout_p = ctx.scalars
-        dq, dk, dv, dbias = torch.ops.fa.attention_backward.default(
-            grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right, window_left,
-            window_right, softcap, dropout_p, dropout_seed, ctx.bias_requires_grad,
-        )
+        args = (grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right, window_left,
+                window_right, softcap, dropout_p, dropout_seed, ctx.bias_requires_grad)
+        if not _backward_reaches_the_implementation(ctx, grad_out):
+            dq, dk, dv, dbias = _BACKWARD(*args)
+        elif torch.autograd.profiler._is_profiler_enabled:
+            # The op's own entry would have recorded it: profiles keep showing the backward op.
+            with torch.autograd.profiler.record_function("fa::attention_backward"):
+                dq, dk, dv, dbias = attention_backward(*args)
+        else:
+            dq, dk, dv, dbias = attention_backward(*args)
         return (None, dq, dk, dv, dbias if ctx.bias_requires_grad else None,
                 None, None, None, None, None, None, None, None)
 

@@ -65,3 +65,28 @@ def test_compiled_block_runs_our_kernels_and_matches_eager(seqlen):
     err = (out.double() - ref).norm() / ref.norm()
     gerr = (x.grad.double() - x_ref.grad).norm() / x_ref.grad.norm()
     assert err < 2e-2 and gerr < 3e-2, (err.item(), gerr.item())
+
+
+def test_cuda_tensors_reach_the_kernel_without_a_second_dispatch(monkeypatch):
+    """On a plain CUDA tensor the op's autograd kernel calls the implementation itself (its
+    host time bounds short calls), with and without grad, and the kernels get the launch."""
+    from fa_inductor.ops import library
+
+    redispatched = []
+    real = library._FORWARD
+
+    class Spy:
+        def redispatch(self, keyset, *args):
+            redispatched.append(keyset)
+            return real.redispatch(keyset, *args)
+
+    monkeypatch.setattr(library, "_FORWARD", Spy())
+    q, k, v = (torch.randn(1, 2, 40, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    qg = q.detach().requires_grad_()
+    with dispatch.record_choices() as ran:
+        out, _ = torch.ops.fa.attention_forward(q, k, v, None, 0.125, True, False, -1, -1, 0.0, 0.0, None)
+        out_g, _ = torch.ops.fa.attention_forward(qg, k, v, None, 0.125, True, False, -1, -1, 0.0, 0.0, None)
+    assert redispatched == []
+    assert [c.reason for _, c in ran] == ["compiled kernel supports the call"] * 2
+    assert torch.equal(out, out_g.detach())
+    assert out_g.grad_fn is not None
