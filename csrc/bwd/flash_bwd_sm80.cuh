@@ -17,6 +17,7 @@
 #include <type_traits>
 
 #include "../bwd_params.h"
+#include "../common/device_cache.h"
 #include "bwd_launch.h"
 
 namespace fa_bwd {
@@ -741,7 +742,7 @@ int launch_bwd_main(const FaBwdParams& p, cudaStream_t stream) {
   dim3 grid(grid_x, unsigned(p.heads_kv), unsigned(p.batch));
   const int smem = Tr::kSmemBytes;
   auto run = [&](auto kernel) -> int {
-    cudaError_t e = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+    cudaError_t e = fa::opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
     if (e != cudaSuccess) return int(e);
     kernel<<<grid, Tr::kNThreads, smem, stream>>>(p);
     return int(cudaGetLastError());

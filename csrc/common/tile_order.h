@@ -23,6 +23,7 @@
 #include <cstdint>
 #include <string>
 
+#include "device_cache.h"
 #include "error.h"
 
 namespace fa {
@@ -49,44 +50,33 @@ struct TileOrder {
   }
 };
 
-// Multiprocessors of the current device, cached per device (the query costs more than a launch).
+// Multiprocessors of the current device.
 inline int multiprocessor_count(int& sms) {
-  constexpr int kMaxDevices = 64;
-  static int cached[kMaxDevices] = {};
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess && device < kMaxDevices && cached[device] > 0) {
-    sms = cached[device];
-    return FA_OK;
-  }
-  if (err == cudaSuccess) err = cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, device);
+  static DeviceCache cache{};
+  cudaError_t err = cached_per_device(cache, sms, [](int device, int& value) {
+    return cudaDeviceGetAttribute(&value, cudaDevAttrMultiProcessorCount, device);
+  });
   if (err != cudaSuccess) {
     set_last_error(std::string("cannot query the device: ") + cudaGetErrorString(err));
     return FA_ERR_CUDA;
   }
-  if (device < kMaxDevices) cached[device] = sms;
   return FA_OK;
 }
 
 // CTAs of `Kernel` (launched with `threads` threads and `smem` dynamic shared-memory bytes) that one
-// multiprocessor holds at once; cached per kernel and device.
+// multiprocessor holds at once.
 template <auto Kernel>
 int resident_ctas_per_sm(int threads, int smem, int& count) {
-  constexpr int kMaxDevices = 64;
-  static int cached[kMaxDevices] = {};
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err == cudaSuccess && device < kMaxDevices && cached[device] > 0) {
-    count = cached[device];
-    return FA_OK;
-  }
-  if (err == cudaSuccess) err = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&count, Kernel, threads, smem);
+  static DeviceCache cache{};
+  cudaError_t err = cached_per_device(cache, count, [&](int, int& value) {
+    cudaError_t e = cudaOccupancyMaxActiveBlocksPerMultiprocessor(&value, Kernel, threads, smem);
+    value = std::max(value, 1);
+    return e;
+  });
   if (err != cudaSuccess) {
     set_last_error(std::string("cannot query the kernel's occupancy: ") + cudaGetErrorString(err));
     return FA_ERR_CUDA;
   }
-  count = std::max(count, 1);
-  if (device < kMaxDevices) cached[device] = count;
   return FA_OK;
 }
 

@@ -3,6 +3,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include "common/device_cache.h"
 #include "common/error.h"
 #include "common/fa_params.h"
 #include "common/static_switch.h"
@@ -15,13 +16,10 @@ template <typename Traits, bool Is_local, bool Is_softcap>
 int launch(const FaFwdParams& params, cudaStream_t stream) {
   auto kernel = &fa_fwd_sm80_kernel<Traits, Is_local, Is_softcap>;
   constexpr int smem = Traits::kSmemBytes;
-  if (smem > 48 * 1024) {
-    cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
-    if (err != cudaSuccess) {
-      set_last_error(std::string("fa_fwd_sm80: cannot get ") + std::to_string(smem) +
-                     " bytes of shared memory: " + cudaGetErrorString(err));
-      return FA_ERR_CUDA;
-    }
+  if (cudaError_t err = opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), smem); err != cudaSuccess) {
+    set_last_error(std::string("fa_fwd_sm80: cannot get ") + std::to_string(smem) +
+                   " bytes of shared memory: " + cudaGetErrorString(err));
+    return FA_ERR_CUDA;
   }
   const int m_blocks = (params.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
   dim3 grid(m_blocks, params.heads_q, params.batch);

@@ -9,6 +9,7 @@
 #include "bwd_params.h"
 #include "bwd_sm90_kernel.h"
 #include "bwd_sm90_pre_post.h"
+#include "common/device_cache.h"
 #include "common/error.h"
 #include "common/static_switch.h"
 #include "common/tile_order.h"
@@ -48,7 +49,7 @@ int launch_bwd_main(const FaBwdParams& p, const float* lse_log2, cudaStream_t st
   };
   auto kernel = &fa_bwd_sm90_kernel<Traits, Is_local, Is_softcap>;
   constexpr int smem = Traits::kSmemBytes;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  cudaError_t err = opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   if (err != cudaSuccess) {
     set_last_error(std::string("fa_bwd_sm90: cannot get ") + std::to_string(smem) +
                    " bytes of shared memory: " + cudaGetErrorString(err));

@@ -5,6 +5,7 @@
 
 #include <string>
 
+#include "common/device_cache.h"
 #include "common/error.h"
 #include "common/fa_params.h"
 #include "common/static_switch.h"
@@ -42,7 +43,7 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
 
   auto kernel = &fa_fwd_sm90_kernel<Traits, Schedule, Is_local, Is_softcap>;
   constexpr int smem = Traits::kSmemBytes;
-  cudaError_t err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, smem);
+  cudaError_t err = opt_in_dynamic_smem(reinterpret_cast<const void*>(kernel), smem);
   if (err != cudaSuccess) {
     set_last_error(std::string("fa_fwd_sm90: cannot get ") + std::to_string(smem) +
                    " bytes of shared memory: " + cudaGetErrorString(err));
