@@ -282,6 +282,13 @@ def test_head_dim_64_tile_shape_switch_with_a_mask(backend, Sk):
     check_case(backend, 1, 2, 2, 300, Sk, 64, wl=1000, wr=0, bottom_right=True)
 
 
+@pytest.mark.parametrize("Sk", [8191, 8192, 8193])
+def test_head_dim_128_tile_shape_switch_without_a_mask(backend, Sk):
+    """Without a mask, head dim 128 runs 128-key tiles up to 8192 keys and 176-key tiles beyond."""
+    check_case(backend, 1, 2, 1, 300, Sk, 128)
+    check_case(backend, 2, 2, 2, 129, Sk, 128, softcap=20.0)
+
+
 @pytest.mark.parametrize("D", [64, 128])
 def test_causal_grid_with_many_heads(backend, D):
     """Far more (head, batch) pairs than one wave of CTAs holds: a masked launch then takes most
