@@ -228,23 +228,12 @@ def test_bool_bias_and_seed_get_no_gradient(backward_calls):
     assert torch.isfinite(gq).all()
 
 
-def test_plain_tensors_reach_the_implementation_without_a_second_dispatch(monkeypatch):
+def test_plain_tensors_reach_the_implementation_without_a_second_dispatch(redispatched):
     """Below the Autograd key a plain tensor has only its backend key left, so the autograd
     kernel calls the implementation itself (another trip through the dispatcher is host time on
     every call); with anything else below it (here fake tensors) it redispatches."""
     from torch._subclasses.fake_tensor import FakeTensor
 
-    from fa_inductor.ops import library
-
-    redispatched = []
-    real = library._FORWARD
-
-    class Spy:
-        def redispatch(self, keyset, *args):
-            redispatched.append(keyset)
-            return real.redispatch(keyset, *args)
-
-    monkeypatch.setattr(library, "_FORWARD", Spy())
     q, k, v = rand_qkv(b=1, hq=2, hkv=1, sq=5, sk=6, d=4)
     out, _ = FWD(*fwd_args(q, k, v))
     qg = q.detach().requires_grad_()

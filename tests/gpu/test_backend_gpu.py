@@ -67,20 +67,9 @@ def test_compiled_block_runs_our_kernels_and_matches_eager(seqlen):
     assert err < 2e-2 and gerr < 3e-2, (err.item(), gerr.item())
 
 
-def test_cuda_tensors_reach_the_kernel_without_a_second_dispatch(monkeypatch):
+def test_cuda_tensors_reach_the_kernel_without_a_second_dispatch(redispatched):
     """On a plain CUDA tensor the op's autograd kernel calls the implementation itself (its
     host time bounds short calls), with and without grad, and the kernels get the launch."""
-    from fa_inductor.ops import library
-
-    redispatched = []
-    real = library._FORWARD
-
-    class Spy:
-        def redispatch(self, keyset, *args):
-            redispatched.append(keyset)
-            return real.redispatch(keyset, *args)
-
-    monkeypatch.setattr(library, "_FORWARD", Spy())
     q, k, v = (torch.randn(1, 2, 40, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     qg = q.detach().requires_grad_()
     with dispatch.record_choices() as ran:
