@@ -1,7 +1,8 @@
 // Epilogue of the SM90 forward: one normalisation of each warpgroup's output rows, lse, and the
 // store through shared memory (stmatrix) and one TMA bulk store per warpgroup, which also clips
-// the rows past seqlen_q.  The output is staged over the warpgroup's part of Q; once the store has
-// read it, the warpgroup arrives on barrier_q_free so the producer may load the next tile's Q.
+// the rows past seqlen_q.  The output is staged in the warpgroup's own buffer where one fits
+// (Traits::kSeparateO), else over its part of Q; then, once the store has read it, the warpgroup
+// arrives on barrier_q_free so the producer may load the next tile's Q.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -15,6 +16,30 @@
 namespace fa::sm90 {
 
 using namespace cute;
+
+// Where this warpgroup stages its output: its own buffer, once the previous tile's store has read
+// it (that store is waited for here, a tile later, not right after it is issued), or its part of Q,
+// whose last S product has been waited for.
+template <class Traits>
+CUTE_DEVICE typename Traits::Element* output_staging(typename Traits::SharedStorage& smem, int warpgroup, int thread) {
+  if constexpr (Traits::kSeparateO) {
+    if (thread == 0) tma_store_wait<0>();
+    named_barrier_sync(epilogue_barrier<Traits>(warpgroup), 128);
+    return smem.o[warpgroup].data();
+  } else {
+    return smem.q[warpgroup].data();
+  }
+}
+
+// After the storing thread has issued the output's TMA store: staged over Q, the store must have
+// read it before the next tile's Q may come.
+template <class Traits>
+CUTE_DEVICE void output_stored(typename Traits::SharedStorage& smem) {
+  if constexpr (!Traits::kSeparateO) {
+    tma_store_wait<0>();
+    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free);
+  }
+}
 
 template <class Traits, class AccO, class Softmax>
 CUTE_DEVICE void store_tile(FwdArgs<Traits> const& args, typename Traits::SharedStorage& smem, int warpgroup,
@@ -50,8 +75,7 @@ CUTE_DEVICE void store_tile(FwdArgs<Traits> const& args, typename Traits::Shared
     }
   }
 
-  // The warpgroup's half of Q is no longer read (its last S product has been waited for).
-  Tensor sO = make_tensor(make_smem_ptr(smem.q[warpgroup].data()), typename Traits::SmemLayoutO{});
+  Tensor sO = make_tensor(make_smem_ptr(output_staging<Traits>(smem, warpgroup, thread)), typename Traits::SmemLayoutO{});
   Tensor rO = convert_type<Element>(acc_o);
   auto smem_copy = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_pv);
   auto smem_thr_copy = smem_copy.get_thread_slice(thread);
@@ -65,8 +89,7 @@ CUTE_DEVICE void store_tile(FwdArgs<Traits> const& args, typename Traits::Shared
     auto tma_o = args.tma_o.get_slice(_0{});
     copy(args.tma_o, tma_o.partition_S(sO), tma_o.partition_D(gO)(_, _, _, row0 / kRows));
     tma_store_arrive();
-    tma_store_wait<0>();  // shared memory must stay valid until the store has read it
-    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free);  // the next tile's Q may come
+    output_stored<Traits>(smem);
   }
 }
 
@@ -77,7 +100,9 @@ CUTE_DEVICE void store_empty_tile(FwdArgs<Traits> const& args, typename Traits::
   using Element = typename Traits::Element;
   constexpr int kRows = Traits::kRowsPerWarpgroup;
   constexpr int kHeadDim = Traits::kHeadDim;
-  Element* sO = smem.q[warpgroup].data();
+  // Q is not read for such a tile.
+  if constexpr (Traits::kSeparateO) cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free);
+  Element* sO = output_staging<Traits>(smem, warpgroup, thread);
   for (int i = thread; i < kRows * kHeadDim; i += 128) sO[i] = Element(0.f);  // zero in any layout
   float* lse_ptr = args.lse + (int64_t(batch) * args.heads_q + head) * args.seqlen_q;
   for (int r = thread; r < kRows; r += 128) {
@@ -92,8 +117,7 @@ CUTE_DEVICE void store_empty_tile(FwdArgs<Traits> const& args, typename Traits::
     auto tma_o = args.tma_o.get_slice(_0{});
     copy(args.tma_o, tma_o.partition_S(sOt), tma_o.partition_D(gO)(_, _, _, row0 / kRows));
     tma_store_arrive();
-    tma_store_wait<0>();
-    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free);
+    output_stored<Traits>(smem);
   }
 }
 

@@ -46,7 +46,7 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
     prefetch_tma_descriptor(args.tma_v.get_tma_descriptor());
     prefetch_tma_descriptor(args.tma_o.get_tma_descriptor());
     Barrier::init(&smem.barrier_q, 1);
-    Barrier::init(&smem.barrier_q_free, Traits::kConsumerWarpgroups);
+    Barrier::init(&smem.barrier_q_free, Traits::kQFreeArrivals);
   }
   typename Pipeline::Params pipe_params;
   pipe_params.role = is_producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
@@ -101,6 +101,10 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
                                                          warpgroup, thread, row0, tile.blocks, keys, acc_o, softmax,
                                                          released_v);
     store_tile<Traits>(args, smem, warpgroup, thread, tile.head, tile.batch, row0, softmax_scale, acc_o, softmax);
+  }
+  // The output buffer must stay valid until the last store has read it.
+  if constexpr (Traits::kSeparateO) {
+    if (thread == 0) tma_store_wait<0>();
   }
 }
 

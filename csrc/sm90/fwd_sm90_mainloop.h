@@ -85,9 +85,9 @@ struct TileScheduler {
 // ablation without warp specialisation) the first consumer thread between its products.  Rows past
 // seqlen (Q, K and V alike) are zero-filled by the TMA unit.
 //
-// Q of a tile goes where the previous tile's output was staged, so its load waits on barrier_q_free
-// (every consumer warpgroup's store has read its part); the first K/V stages of a tile are loaded
-// before that wait, under the previous tile's epilogue.  Every tile, empty or not, completes one
+// Q of a tile waits on barrier_q_free: every consumer thread is past the previous tile's last S
+// product (kSeparateO), or every warpgroup's store has read the output staged over its part of Q;
+// the first K/V stages of a tile are loaded before that wait, under the previous tile's epilogue.  Every tile, empty or not, completes one
 // phase of barrier_q and one of barrier_q_free, so producer and consumers never drift apart.
 template <class Traits, class Schedule>
 struct TileLoader {
@@ -289,6 +289,10 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
     }
     softmax.rescale_output(acc_o_rc);
   }
+
+  // Every S product of the tile has been waited for: with its own output buffer Q is free now,
+  // and the next tile's Q loads under the last P.V and the epilogue.
+  if constexpr (Traits::kSeparateO) cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free);
 
   // Last block's P.V.
   pipeline_v.consumer_wait(state_v);

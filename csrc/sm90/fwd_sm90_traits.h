@@ -3,8 +3,9 @@
 //
 // One CTA owns a query tile of 64 rows per consumer warpgroup (two, or three for the small head
 // dims where the softmax weighs more against the products); each warpgroup has its own part of Q
-// in shared memory (so its output can be staged there while the others still read theirs), and
-// all read the same K/V pipeline stages.  One more warpgroup only issues TMA loads.
+// in shared memory (so its output can be staged there while the others still read theirs, where
+// no separate output buffer fits), and all read the same K/V pipeline stages.  One more warpgroup
+// only issues TMA loads.
 #pragma once
 
 #include "sm90_utils.h"
@@ -51,7 +52,7 @@ struct FwdTraits {
   // V as (head dim, keys, stage): the same bytes, modes swapped.
   using SmemLayoutVt = decltype(composition(
       SmemLayoutKV{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
-  using SmemLayoutO = SmemLayoutQ;  // a warpgroup's output is staged over its own half of Q
+  using SmemLayoutO = SmemLayoutQ;  // a warpgroup's output, staged in its own buffer or over its part of Q
 
   // Global tensors as TMA sees them: (seqlen, head dim, heads, batch).
   using ShapeQKV = Shape<int32_t, int32_t, int32_t, int32_t>;
@@ -70,15 +71,27 @@ struct FwdTraits {
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename Pipeline::PipelineState;
 
-  struct SharedStorage {
+  struct SharedStorageStagedOverQ {
     cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q[kConsumerWarpgroups];
     cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> k;
     cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> v;
     alignas(16) uint64_t barrier_q;  // Q of the current tile has landed
-    uint64_t barrier_q_free;          // every warpgroup's output of the previous tile is stored
+    uint64_t barrier_q_free;          // Q of the previous tile is no longer read
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
   };
+  struct SharedStorageWithO : SharedStorageStagedOverQ {
+    cute::array_aligned<Element, cosize_v<SmemLayoutO>, 1024> o[kConsumerWarpgroups];
+  };
+  // Where a buffer of its own for the output fits, Q is free as soon as a tile's last S product is
+  // done, so the next tile's Q loads under the last P.V and the epilogue instead of after the
+  // output store has read its staging (a wait per tile, which weighs most where tiles have few key
+  // blocks).  Otherwise (head dims 192 and 256, 176-key tiles) the output is staged over Q.
+  static constexpr bool kSeparateO = sizeof(SharedStorageWithO) <= 227 * 1024;
+  using SharedStorage = std::conditional_t<kSeparateO, SharedStorageWithO, SharedStorageStagedOverQ>;
+  // Arrivals that free Q: every consumer thread after its last S product, or each warpgroup's
+  // storing thread once the store has read the output staged over Q.
+  static constexpr int kQFreeArrivals = kSeparateO ? kConsumerThreads : kConsumerWarpgroups;
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in an SM90 CTA's shared memory");
 };
