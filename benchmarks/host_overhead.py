@@ -76,6 +76,7 @@ def layers(calls: int) -> None:
     params, stream = record["args"][:2]
     dev = q.device
     dq, dk, dv, _ = library.empty_backward_outputs(q, k, v, None, False)
+
     def ours_fwd_bwd():
         return torch.autograd.grad(torch.ops.fa.attention_forward(*argsg)[0], (qg, kg, vg), g)
 
@@ -138,8 +139,8 @@ def layers(calls: int) -> None:
         except Exception as e:  # noqa: BLE001 - a layer whose signature moved: say so, go on
             us = f"failed: {type(e).__name__}: {e}"
         print(f"  {name:<55s} {us}", flush=True)
-    trace("ours: forward + autograd.grad", rows[-2][1])
-    trace("SDPA: forward + autograd.grad", rows[-1][1])
+    trace("ours: forward + autograd.grad", ours_fwd_bwd)
+    trace("SDPA: forward + autograd.grad", sdpa_fwd_bwd)
 
 
 def trace(what: str, fn, calls: int = 50, top: int = 18) -> None:

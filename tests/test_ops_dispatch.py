@@ -66,6 +66,7 @@ def test_cpu_without_kernels_runs_the_reference():
 
 
 def test_missing_kernel_package_counts_as_no_kernels(monkeypatch):
+    monkeypatch.setattr(dispatch, "_GET_BACKEND", None)  # not imported yet
     monkeypatch.setitem(sys.modules, "fa_inductor.kernels", None)  # import now raises
     assert dispatch._kernel_backend(torch.device("cuda", 0)) is None
 

@@ -87,8 +87,9 @@ struct TileScheduler {
 //
 // Q of a tile waits on barrier_q_free: every consumer thread is past the previous tile's last S
 // product (kSeparateO), or every warpgroup's store has read the output staged over its part of Q;
-// the first K/V stages of a tile are loaded before that wait, under the previous tile's epilogue.  Every tile, empty or not, completes one
-// phase of barrier_q and one of barrier_q_free, so producer and consumers never drift apart.
+// the first K/V stages of a tile are loaded before that wait, under the previous tile's epilogue.
+// Every tile, empty or not, completes one phase of barrier_q and one of barrier_q_free, so
+// producer and consumers never drift apart.
 template <class Traits, class Schedule>
 struct TileLoader {
   using Pipeline = typename Traits::Pipeline;

@@ -79,19 +79,18 @@ def launch_on(device: torch.device, launch):
         return launch(torch._C._cuda_getCurrentRawStream(index))
 
 
-_BACKWARD_MODULE = []
+_BACKWARD_MODULE = None  # once imported
 
 
 def _backward_module():
     """fa_inductor.kernels.backward (written by the backward's engineer), or None if missing."""
-    if _BACKWARD_MODULE:
-        return _BACKWARD_MODULE[0]
-    try:
-        module = importlib.import_module(f"{__name__}.backward")
-    except ImportError:
-        return None
-    _BACKWARD_MODULE.append(module)
-    return module
+    global _BACKWARD_MODULE
+    if _BACKWARD_MODULE is None:
+        try:
+            _BACKWARD_MODULE = importlib.import_module(f"{__name__}.backward")
+        except ImportError:
+            return None
+    return _BACKWARD_MODULE
 
 
 def _family(lib: _library.Library, device: torch.device, direction: str) -> str:

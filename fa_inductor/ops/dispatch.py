@@ -47,20 +47,21 @@ class Choice:
 # ----------------------------------------------------------------------------- kernel backend
 
 
-_get_backend = []  # fa_inductor.kernels.get_backend, once imported
+_GET_BACKEND = None  # fa_inductor.kernels.get_backend, once imported
 
 
 def _kernel_backend(device: torch.device):
     """The compiled-kernel backend for ``device``, or None (not built, not importable, CPU)."""
+    global _GET_BACKEND
     if os.environ.get("FA_INDUCTOR_DISABLE_KERNELS") == "1":
         return None
-    if not _get_backend:
+    if _GET_BACKEND is None:
         try:
             from fa_inductor.kernels import get_backend
         except ImportError:
             return None
-        _get_backend.append(get_backend)
-    return _get_backend[0](device)
+        _GET_BACKEND = get_backend
+    return _GET_BACKEND(device)
 
 
 _kernel_choices: dict[str, Choice] = {}  # one Choice per kernel family, made once

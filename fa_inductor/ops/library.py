@@ -151,8 +151,9 @@ def _plain(keyset) -> bool:
     return below == _PLAIN[0] or below == _PLAIN[1]
 
 
-def _redispatch_forward(keyset, args):
-    if _plain(keyset):
+def _redispatch_forward(keyset, args, plain: bool):
+    """The forward below the Autograd key; ``plain``: ``_plain(keyset)``."""
+    if plain:
         # The dispatcher would only come back to attention_forward: call it, sparing the trip
         # (a boxed redispatch into Python, a good part of a short call's host time).
         return attention_forward(*args)
@@ -179,7 +180,7 @@ class _AttentionFunction(torch.autograd.Function):
         # lse's gradient is never used: no zeros made for it.
         ctx.set_materialize_grads(False)
         ctx.plain = _plain(keyset)
-        out, lse = _redispatch_forward(keyset, args)
+        out, lse = _redispatch_forward(keyset, args, ctx.plain)
         q, k, v, bias, *scalars, dropout_seed = args
         ctx.scalars = tuple(scalars)
         # needs_input_grad[0] is the keyset's; bias is the fifth input.
@@ -216,7 +217,7 @@ def _attention_forward_autograd(keyset, *args):
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
                                     or (bias is not None and bias.requires_grad)):
         return _AttentionFunction.apply(keyset, *args)
-    return _redispatch_forward(keyset, args)
+    return _redispatch_forward(keyset, args, _plain(keyset))
 
 
 _LIB.impl("attention_forward", _attention_forward_autograd, "Autograd", with_keyset=True)
