@@ -1,7 +1,7 @@
-// The SM90 forward kernel: persistent without a mask (one CTA per SM walks the tiles of
-// TileScheduler; one CTA per tile with a causal or window mask, see launch) and
-// warp-specialised (one producer warpgroup issuing TMA loads, consumer warpgroups running wgmma
-// and the softmax), registers moved from the producer to the consumers with setmaxnreg.
+// The SM90 forward kernel: persistent (one CTA per SM walks the tiles TileScheduler hands it:
+// in turn without a mask, from an atomic counter with one) and warp-specialised (one producer
+// warpgroup issuing TMA loads, consumer warpgroups running wgmma and the softmax), registers moved
+// from the producer to the consumers with setmaxnreg.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -31,6 +31,7 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
   using Pipeline = typename Traits::Pipeline;
   using Barrier = cutlass::arch::ClusterBarrier;
   constexpr bool kWarpSpecialized = Schedule::kWarpSpecialized;
+  constexpr bool kDynamic = TileScheduler<Traits, Is_local>::kDynamic;
   extern __shared__ __align__(1024) char smem_raw[];
   SharedStorage& smem = *reinterpret_cast<SharedStorage*>(smem_raw);
 
@@ -59,18 +60,20 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
 
   TileLoader<Traits, Schedule> loader{args, smem, pipeline_k, pipeline_v};
   if (is_producer) {
-    cutlass::arch::warpgroup_reg_dealloc<Traits::kProducerRegisters>();
+    cutlass::arch::warpgroup_reg_dealloc<Traits::template kProducerRegisters<kDynamic>>();
     if (threadIdx.x == 0) {
       int index = 0;
-      for (int t = blockIdx.x; t < scheduler.total; t += gridDim.x, ++index) {
+      for (int t = blockIdx.x; t < scheduler.total; ++index) {
         const auto tile = scheduler.tile(t, args.seqlen_q, keys);
-        for (int n = loader.begin_tile(tile, index); n >= tile.blocks.min; --n) loader.load_kv(tile, n);
+        for (int n = loader.begin_tile(tile, index, t); n >= tile.blocks.min; --n) loader.load_kv(tile, n);
+        t = scheduler.next_tile(t);
       }
+      loader.finish(index);
     }
     return;
   }
 
-  if constexpr (kWarpSpecialized) cutlass::arch::warpgroup_reg_alloc<Traits::kConsumerRegisters>();
+  if constexpr (kWarpSpecialized) cutlass::arch::warpgroup_reg_alloc<Traits::template kConsumerRegisters<kDynamic>>();
   const int warpgroup = kWarpSpecialized ? warpgroup_idx - 1 : warpgroup_idx;
   const int thread = threadIdx.x % 128;
   // Without a producer, the first thread loads the first stages of each tile and Q itself, then
@@ -80,12 +83,18 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
   const float softmax_scale = Is_softcap ? args.softcap : args.scale;
   typename Traits::PipelineState state_k, state_v;
 
-  int index = 0;
-  for (int t = blockIdx.x; t < scheduler.total; t += gridDim.x, ++index) {
+  int next = blockIdx.x;  // without a producer: this CTA's tiles are blockIdx.x, + gridDim.x, ...
+  for (int index = 0;; ++index) {
+    if constexpr (!kWarpSpecialized) {
+      if (next >= scheduler.total) break;
+      if (self_loading) loader.begin_tile(scheduler.tile(next, args.seqlen_q, keys), index, next);
+      next += gridDim.x;
+    }
+    Barrier::wait(&smem.barrier_q, index & 1);
+    const int t = *static_cast<volatile int*>(&smem.tile);  // volatile: read after the wait
+    if (t < 0) break;
     const auto tile = scheduler.tile(t, args.seqlen_q, keys);
     const int row0 = tile.m_block * Traits::kBlockM + warpgroup * Traits::kRowsPerWarpgroup;
-    if (self_loading) loader.begin_tile(tile, index);
-    Barrier::wait(&smem.barrier_q, index & 1);
     if (tile.empty()) {
       store_empty_tile<Traits>(args, smem, warpgroup, thread, tile.head, tile.batch, row0);
       continue;

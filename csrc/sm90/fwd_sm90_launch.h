@@ -3,6 +3,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <string>
 
 #include "common/device_cache.h"
@@ -14,6 +15,14 @@
 #include "fwd_sm90_kernel.h"
 
 namespace fa::sm90 {
+
+// Tile counters go round robin over launches; a counter is in use until its launch has taken its
+// last tile, so this needs fewer than kTileCounters dynamically scheduled launches of one unit in
+// flight at once.
+static int next_tile_counter() {
+  static std::atomic<unsigned> next{0};
+  return int(next.fetch_add(1, std::memory_order_relaxed) % unsigned(kTileCounters));
+}
 
 template <typename Traits, class Schedule, bool Is_local, bool Is_softcap>
 int launch(const FaFwdParams& p, cudaStream_t stream) {
@@ -39,6 +48,7 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
       p.scale, p.softcap,
       p.window_left, p.window_right, p.bottom_right,
       TileOrder{},  // set below for masked launches
+      -1,           // static tile order unless set below
   };
 
   auto kernel = &fa_fwd_sm90_kernel<Traits, Schedule, Is_local, Is_softcap>;
@@ -49,24 +59,24 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
                    " bytes of shared memory: " + cudaGetErrorString(err));
     return FA_ERR_CUDA;
   }
-  // Without a mask every tile costs the same, and a persistent grid (one CTA per SM, each takes a
-  // whole SM's shared memory) loads the next tile under the current one's epilogue.  With a causal
-  // or window mask tile costs differ by up to the number of key blocks, and a static assignment of
-  // tiles to CTAs leaves some SMs with several times the work of others: there one CTA per tile,
-  // longest first, lets the hardware hand the next tile to whichever SM frees up.
+  // One CTA per SM (each takes a whole SM's shared memory) walking the tiles, so that the next
+  // tile's loads run under the current one's epilogue; see TileScheduler for who takes which.
   const int64_t tiles = int64_t((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * p.heads_q * p.batch;
   FA_REQUIRE(tiles < (int64_t(1) << 31), FA_ERR_UNSUPPORTED, "fa_fwd_sm90: more than 2^31 query tiles");
-  int grid = int(tiles);
+  int sms = 0;
+  if (int status = multiprocessor_count(sms); status != FA_OK) return status;
+  int grid = int(tiles) < sms ? int(tiles) : sms;
   if constexpr (Is_local) {
     const int m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
     if (int status = masked_grid_order<fa_fwd_sm90_kernel<Traits, Schedule, Is_local, Is_softcap>>(
             kernel_threads<Traits, Schedule>(), smem, m_blocks, p.heads_q * p.batch, args.order);
         status != FA_OK)
       return status;
-  } else {
-    int sms = 0;
-    if (int status = multiprocessor_count(sms); status != FA_OK) return status;
-    grid = grid < sms ? grid : sms;
+    if constexpr (Schedule::kWarpSpecialized && TileScheduler<Traits, Is_local>::kDynamic) {
+      args.counter = next_tile_counter();
+    } else {
+      grid = int(tiles);  // a CTA per tile, see TileScheduler
+    }
   }
   kernel<<<grid, kernel_threads<Traits, Schedule>(), smem, stream>>>(args);
   return check_launch("fa_fwd_sm90 launch");

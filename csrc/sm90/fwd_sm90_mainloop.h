@@ -48,26 +48,38 @@ CUTE_DEVICE BlockRange key_blocks(int m_block, int seqlen_q, KeyRange const& key
   return r;
 }
 
-// The grid's tiles: CTA c takes tiles c, c + gridDim.x, ... of the order below (persistent grid),
-// or just tile c (one CTA per tile), so the tiles in flight at any time are neighbours in it.
-// Query tiles of one head are adjacent (they share K and V in L2); with a causal or window mask
-// each head's tiles run from the last (most keys) to the first, and the launch's TileOrder takes
-// the last group of heads rank by rank, so that short tiles fill the tail.
+// Tile counters of dynamically scheduled launches, one per launch in flight (the host hands them
+// out round robin).  A launch's counter counts its tiles taken beyond the first wave and returns to
+// zero when the last one is taken, ready for the launch that gets it next.
+constexpr int kTileCounters = 1024;
+static __device__ unsigned int g_tile_counters[kTileCounters];
+
+// The grid's tiles in launch order: query tiles of one head are adjacent (they share K and V in
+// L2); with a causal or window mask each head's tiles run from the last (most keys) to the first,
+// and the launch's TileOrder takes the last group of heads rank by rank, so that short tiles fill
+// the tail.  CTA c starts with tile c.  Without a mask every tile costs the same and CTA c then
+// takes c + gridDim.x, ... (one CTA per SM).  With a mask tile costs differ by up to the number of
+// key blocks and a static assignment leaves some SMs with several times the work of others: there
+// each CTA takes the next tile of the order from an atomic counter when it starts one, as a
+// hardware launch of one CTA per tile would, but with the next tile's loads issued under the
+// current one (counter < 0: one CTA per tile, for the ablation without warp specialisation and
+// the tile shapes with no registers to spare, see Traits::kDynamicWhenMasked).
 template <class Traits, bool Is_local>
 struct TileScheduler {
+  static constexpr bool kDynamic = Is_local && Traits::kDynamicWhenMasked;
   int num_m_blocks, heads, total;
+  TileOrder order;
+  int counter;
 
   CUTE_DEVICE explicit TileScheduler(FwdArgs<Traits> const& args)
       : num_m_blocks((args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM), heads(args.heads_q),
-        total(num_m_blocks * args.heads_q * args.batch), order(args.order) {}
+        total(num_m_blocks * args.heads_q * args.batch), order(args.order), counter(args.counter) {}
 
   struct Tile {
     int m_block, head, batch;
     BlockRange blocks;
     CUTE_DEVICE bool empty() const { return blocks.max <= blocks.min; }
   };
-
-  TileOrder order;
 
   CUTE_DEVICE Tile tile(int t, int seqlen_q, KeyRange const& keys) const {
     int m = t % num_m_blocks, head_batch = t / num_m_blocks;
@@ -79,6 +91,17 @@ struct TileScheduler {
     tile.blocks = key_blocks<Traits, Is_local>(tile.m_block, seqlen_q, keys);
     return tile;
   }
+
+  // The producer's next tile, taken once it has issued the current one's loads (those run ahead
+  // of the consumers by the pipeline's stages, which cover the atomic's latency).
+  CUTE_DEVICE int next_tile(int t) const {
+    if (!kDynamic || counter < 0) return t + gridDim.x;
+    const unsigned ticket = atomicAdd(&g_tile_counters[counter], 1u);
+    // Every CTA takes tickets until one is past the end: total - gridDim.x tiles and one ticket
+    // per CTA, `total` in all, so the one numbered total - 1 is the launch's last.
+    if (ticket == unsigned(total - 1)) atomicExch(&g_tile_counters[counter], 0u);
+    return int(gridDim.x + ticket);
+  }
 };
 
 // The TMA loads, issued by a single thread: the producer warpgroup's first thread, or (in the
@@ -89,7 +112,9 @@ struct TileScheduler {
 // product (kSeparateO), or every warpgroup's store has read the output staged over its part of Q;
 // the first K/V stages of a tile are loaded before that wait, under the previous tile's epilogue.
 // Every tile, empty or not, completes one phase of barrier_q and one of barrier_q_free, so
-// producer and consumers never drift apart.
+// producer and consumers never drift apart; each phase of barrier_q also carries the tile's number
+// (smem.tile, written before the arrival, whose release makes it visible), and one last phase with
+// -1 ends the consumers' loop.
 template <class Traits, class Schedule>
 struct TileLoader {
   using Pipeline = typename Traits::Pipeline;
@@ -110,19 +135,31 @@ struct TileLoader {
   typename Traits::PipelineState state_k = cutlass::make_producer_start_state<Pipeline>();
   typename Traits::PipelineState state_v = cutlass::make_producer_start_state<Pipeline>();
 
-  // The start of tile number `index` of this CTA: the first K/V stages, then Q.  Returns the next
-  // key block still to load.
+  // The start of tile t, number `index` of this CTA: the first K/V stages, then Q.  Returns the
+  // next key block still to load.
   template <class Tile>
-  CUTE_DEVICE int begin_tile(Tile const& tile, int index) {
+  CUTE_DEVICE int begin_tile(Tile const& tile, int index, int t) {
     int n = tile.blocks.max - 1;
     for (; n >= max(tile.blocks.min, tile.blocks.max - Traits::kStages); --n) load_kv(tile, n);
-    if (index > 0) cutlass::arch::ClusterBarrier::wait(&smem.barrier_q_free, (index - 1) & 1);
+    post_tile(index, t);
     if (tile.empty()) {
       cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q);
     } else {
       load_q(tile);
     }
     return n;
+  }
+
+  // No tile is left for this CTA, which has started `index` of them.
+  CUTE_DEVICE void finish(int index) {
+    post_tile(index, -1);
+    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q);
+  }
+
+  // Once the previous tile's consumers are past reading its number (and its Q), the next number.
+  CUTE_DEVICE void post_tile(int index, int t) {
+    if (index > 0) cutlass::arch::ClusterBarrier::wait(&smem.barrier_q_free, (index - 1) & 1);
+    *static_cast<volatile int*>(&smem.tile) = t;  // volatile: stays before the arrival that publishes it
   }
 
   template <class Tile>

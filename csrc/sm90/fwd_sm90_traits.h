@@ -30,10 +30,24 @@ struct FwdTraits {
   static constexpr int kBlockM = kRowsPerWarpgroup * kConsumerWarpgroups;
   static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
   static constexpr int kThreads = 128 + kConsumerThreads;  // producer warpgroup first
-  // The producer needs a handful of registers; consumers hold S, P and O accumulators and share
-  // the rest of the register file (64K per SM, in steps of 8 per thread).
-  static constexpr int kProducerRegisters = 24;
-  static constexpr int kConsumerRegisters = kConsumerWarpgroups == 2 ? 240 : 160;
+  // The producer needs a handful of registers; consumers hold S, P and O accumulators and take
+  // what the producer gives up (setmaxnreg moves registers within the launch's allocation, 64K per
+  // SM in steps of 8 per thread, and an increase that is not covered waits forever).  Taking tiles
+  // from the dynamic scheduler (masked launches with two consumer warpgroups up to head dim 128,
+  // see TileScheduler) the producer's loop also holds the mask's and the tile order's values and
+  // the counter: 16 registers more for it, 8 fewer per consumer thread (with fewer it spilled about
+  // 190 bytes at head dim 128; wider head dims and three consumer warpgroups have none to spare,
+  // and keep a CTA per masked tile).
+  static constexpr bool kDynamicWhenMasked = kConsumerWarpgroups == 2 && kHeadDim <= 128;
+  template <bool Dynamic>
+  static constexpr int kProducerRegisters = Dynamic ? 40 : 24;
+  template <bool Dynamic>
+  static constexpr int kConsumerRegisters = kConsumerWarpgroups == 2 ? (Dynamic ? 232 : 240) : 160;
+  static constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;
+  template <bool Dynamic>
+  static constexpr bool kRegistersBalance =
+      128 * (kLaunchRegisters - kProducerRegisters<Dynamic>) >= kConsumerThreads * (kConsumerRegisters<Dynamic> - kLaunchRegisters);
+  static_assert(kRegistersBalance<false> && kRegistersBalance<kDynamicWhenMasked>);
   static_assert(kHeadDim % 32 == 0 && kBlockN % 16 == 0);
 
   using TileQK = Shape<Int<kRowsPerWarpgroup>, Int<kBlockN>, Int<kHeadDim>>;  // S = Q.K^T
@@ -77,6 +91,7 @@ struct FwdTraits {
     cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> v;
     alignas(16) uint64_t barrier_q;  // Q of the current tile has landed
     uint64_t barrier_q_free;          // Q of the previous tile is no longer read
+    int tile;                         // which tile barrier_q's phase is for; -1: none is left
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
   };
@@ -124,7 +139,8 @@ struct FwdArgs {
   int32_t batch, heads_q, heads_kv, seqlen_q, seqlen_k;
   float scale, softcap;
   int32_t window_left, window_right, bottom_right;
-  TileOrder order;  // masked launches: which tile each CTA takes (common/tile_order.h)
+  TileOrder order;  // masked launches: the order tiles are taken in (common/tile_order.h)
+  int32_t counter;  // dynamically scheduled launches: their tile counter (TileScheduler); else -1
 };
 
 }  // namespace fa::sm90

@@ -267,12 +267,33 @@ def test_sm90_ablation_instances_are_correct(causal, Sq, Sk):
 
 
 @pytest.mark.parametrize("D", [64, 128, 256])
-@pytest.mark.parametrize("causal,bottom_right,wl,wr", [
-    (False, False, -1, -1), (True, False, -1, -1), (True, True, -1, -1), (False, True, 100, 0)])
-def test_many_tiles_per_cta(backend, D, causal, bottom_right, wl, wr):
-    """More query tiles than SMs, so the SM90 kernel's persistent CTAs walk several tiles each;
-    with Sq > Sk bottom-right causal the first tiles of every head see no key at all."""
-    check_case(backend, 3, 24, 8, 1000, 600, D, causal=causal, bottom_right=bottom_right, wl=wl, wr=wr)
+@pytest.mark.parametrize("causal,bottom_right,wl,wr,softcap", [
+    (False, False, -1, -1, 0.0), (False, False, -1, -1, 30.0), (True, False, -1, -1, 0.0),
+    (True, True, -1, -1, 0.0), (False, True, 100, 0, 0.0)])
+def test_many_tiles_per_cta(backend, D, causal, bottom_right, wl, wr, softcap):
+    """More query tiles than SMs, so the SM90 kernel's persistent CTAs walk several tiles each
+    (softcap too: its own instance), loading the next tile's Q under the current one; with
+    Sq > Sk bottom-right causal the first tiles of every head see no key at all."""
+    check_case(backend, 3, 24, 8, 1000, 600, D, causal=causal, bottom_right=bottom_right, wl=wl, wr=wr,
+               softcap=softcap)
+
+
+def test_masked_launches_reuse_their_tile_counters(backend):
+    """Masked SM90 launches take tiles from atomic counters, one per launch in flight, handed out
+    round robin over 1024 of them; each must be back at zero when its launch ends.  More launches
+    than counters, each with more tiles than SMs, must all give the first launch's output."""
+    q, k, v = make_qkv(2, 16, 4, 700, 700, 128, 128, torch.bfloat16)
+    first, first_lse = run_ours(backend, q, k, v, 128 ** -0.5, True, False, -1, -1, 0.0)
+    ref, _ = reference(q, k, v, 128 ** -0.5, True, False, -1, -1, 0.0)
+    assert ((first.double() - ref).norm() / ref.norm()).item() < 1e-2
+    out = torch.empty_like(first)
+    lse = torch.empty_like(first_lse)
+    for i in range(1100):
+        out.fill_(float("nan"))
+        backend.forward(q, k, v, 128 ** -0.5, True, False, -1, -1, 0.0, out, lse)
+        if i % 100 == 99 or i == 1099:
+            torch.cuda.synchronize()
+            assert torch.equal(out, first) and torch.equal(lse, first_lse), f"launch {i + 2} differs"
 
 
 @pytest.mark.parametrize("Sk", [1024, 1025, 4097])
