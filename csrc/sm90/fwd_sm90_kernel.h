@@ -68,7 +68,7 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
         for (int n = loader.begin_tile(tile, index, t); n >= tile.blocks.min; --n) loader.load_kv(tile, n);
         t = scheduler.next_tile(t);
       }
-      loader.finish(index);
+      if constexpr (kDynamic) loader.finish(index);
     }
     return;
   }
@@ -83,17 +83,24 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
   const float softmax_scale = Is_softcap ? args.softcap : args.scale;
   typename Traits::PipelineState state_k, state_v;
 
-  int next = blockIdx.x;  // without a producer: this CTA's tiles are blockIdx.x, + gridDim.x, ...
+  // Tiles from the counter: the producer posts each one's number with its Q.  Otherwise this
+  // CTA's tiles are blockIdx.x, + gridDim.x, ..., known before their Q lands.
+  constexpr bool kPosted = kWarpSpecialized && kDynamic;
+  int next = blockIdx.x;
   for (int index = 0;; ++index) {
-    if constexpr (!kWarpSpecialized) {
+    typename TileScheduler<Traits, Is_local>::Tile tile{};
+    if constexpr (!kPosted) {
       if (next >= scheduler.total) break;
-      if (self_loading) loader.begin_tile(scheduler.tile(next, args.seqlen_q, keys), index, next);
+      tile = scheduler.tile(next, args.seqlen_q, keys);  // worked out while Q is on its way
+      if (self_loading) loader.begin_tile(tile, index, next);
       next += gridDim.x;
     }
     Barrier::wait(&smem.barrier_q, index & 1);
-    const int t = *static_cast<volatile int*>(&smem.tile);  // volatile: read after the wait
-    if (t < 0) break;
-    const auto tile = scheduler.tile(t, args.seqlen_q, keys);
+    if constexpr (kPosted) {
+      const int t = *static_cast<volatile int*>(&smem.tile);  // volatile: read after the wait
+      if (t < 0) break;
+      tile = scheduler.tile(t, args.seqlen_q, keys);
+    }
     const int row0 = tile.m_block * Traits::kBlockM + warpgroup * Traits::kRowsPerWarpgroup;
     if (tile.empty()) {
       store_empty_tile<Traits>(args, smem, warpgroup, thread, tile.head, tile.batch, row0);

@@ -112,9 +112,9 @@ struct TileScheduler {
 // product (kSeparateO), or every warpgroup's store has read the output staged over its part of Q;
 // the first K/V stages of a tile are loaded before that wait, under the previous tile's epilogue.
 // Every tile, empty or not, completes one phase of barrier_q and one of barrier_q_free, so
-// producer and consumers never drift apart; each phase of barrier_q also carries the tile's number
-// (smem.tile, written before the arrival, whose release makes it visible), and one last phase with
-// -1 ends the consumers' loop.
+// producer and consumers never drift apart.  Under the dynamic scheduler each phase of barrier_q
+// also carries the tile's number (smem.tile, written before the arrival, whose release makes it
+// visible), and one last phase with -1 ends the consumers' loop.
 template <class Traits, class Schedule>
 struct TileLoader {
   using Pipeline = typename Traits::Pipeline;
