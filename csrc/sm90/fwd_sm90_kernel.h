@@ -65,7 +65,7 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
       int index = 0;
       for (int t = blockIdx.x; t < scheduler.total; ++index) {
         const auto tile = scheduler.tile(t, args.seqlen_q, keys);
-        for (int n = loader.begin_tile(tile, index, t); n >= tile.blocks.min; --n) loader.load_kv(tile, n);
+        for (int n = loader.template begin_tile<kDynamic>(tile, index, t); n >= tile.blocks.min; --n) loader.load_kv(tile, n);
         t = scheduler.next_tile(t);
       }
       if constexpr (kDynamic) loader.finish(index);
@@ -83,28 +83,12 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
   const float softmax_scale = Is_softcap ? args.softcap : args.scale;
   typename Traits::PipelineState state_k, state_v;
 
-  // Tiles from the counter: the producer posts each one's number with its Q.  Otherwise this
-  // CTA's tiles are blockIdx.x, + gridDim.x, ..., known before their Q lands.
-  constexpr bool kPosted = kWarpSpecialized && kDynamic;
-  int next = blockIdx.x;
-  for (int index = 0;; ++index) {
-    typename TileScheduler<Traits, Is_local>::Tile tile{};
-    if constexpr (!kPosted) {
-      if (next >= scheduler.total) break;
-      tile = scheduler.tile(next, args.seqlen_q, keys);  // worked out while Q is on its way
-      if (self_loading) loader.begin_tile(tile, index, next);
-      next += gridDim.x;
-    }
-    Barrier::wait(&smem.barrier_q, index & 1);
-    if constexpr (kPosted) {
-      const int t = *static_cast<volatile int*>(&smem.tile);  // volatile: read after the wait
-      if (t < 0) break;
-      tile = scheduler.tile(t, args.seqlen_q, keys);
-    }
+  // One tile whose Q has landed.
+  auto process = [&](auto const& tile, int index) {
     const int row0 = tile.m_block * Traits::kBlockM + warpgroup * Traits::kRowsPerWarpgroup;
     if (tile.empty()) {
       store_empty_tile<Traits>(args, smem, warpgroup, thread, tile.head, tile.batch, row0);
-      continue;
+      return;
     }
     auto released_v = [&](int n) {
       if (self_loading && n - Traits::kStages >= tile.blocks.min) loader.load_kv(tile, n - Traits::kStages);
@@ -117,6 +101,24 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
                                                          warpgroup, thread, row0, tile.blocks, keys, acc_o, softmax,
                                                          released_v);
     store_tile<Traits>(args, smem, warpgroup, thread, tile.head, tile.batch, row0, softmax_scale, acc_o, softmax);
+  };
+  if constexpr (kWarpSpecialized && kDynamic) {
+    // Tiles from the counter: the producer posts each one's number with its Q.
+    for (int index = 0;; ++index) {
+      Barrier::wait(&smem.barrier_q, index & 1);
+      const int t = *static_cast<volatile int*>(&smem.tile);  // volatile: read after the wait
+      if (t < 0) break;
+      process(scheduler.tile(t, args.seqlen_q, keys), index);
+    }
+  } else {
+    // This CTA's tiles are blockIdx.x, + gridDim.x, ..., worked out while their Q is on its way.
+    int index = 0;
+    for (int t = blockIdx.x; t < scheduler.total; t += gridDim.x, ++index) {
+      const auto tile = scheduler.tile(t, args.seqlen_q, keys);
+      if (self_loading) loader.template begin_tile<false>(tile, index, t);
+      Barrier::wait(&smem.barrier_q, index & 1);
+      process(tile, index);
+    }
   }
   // The output buffer must stay valid until the last store has read it.
   if constexpr (Traits::kSeparateO) {

@@ -135,13 +135,14 @@ struct TileLoader {
   typename Traits::PipelineState state_k = cutlass::make_producer_start_state<Pipeline>();
   typename Traits::PipelineState state_v = cutlass::make_producer_start_state<Pipeline>();
 
-  // The start of tile t, number `index` of this CTA: the first K/V stages, then Q.  Returns the
-  // next key block still to load.
-  template <class Tile>
+  // The start of tile t, number `index` of this CTA: the first K/V stages, then Q (kPost: with
+  // the tile's number for the consumers).  Returns the next key block still to load.
+  template <bool kPost, class Tile>
   CUTE_DEVICE int begin_tile(Tile const& tile, int index, int t) {
     int n = tile.blocks.max - 1;
     for (; n >= max(tile.blocks.min, tile.blocks.max - Traits::kStages); --n) load_kv(tile, n);
-    post_tile(index, t);
+    if (index > 0) cutlass::arch::ClusterBarrier::wait(&smem.barrier_q_free, (index - 1) & 1);
+    if constexpr (kPost) post_tile(t);
     if (tile.empty()) {
       cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q);
     } else {
@@ -152,13 +153,13 @@ struct TileLoader {
 
   // No tile is left for this CTA, which has started `index` of them.
   CUTE_DEVICE void finish(int index) {
-    post_tile(index, -1);
+    if (index > 0) cutlass::arch::ClusterBarrier::wait(&smem.barrier_q_free, (index - 1) & 1);
+    post_tile(-1);
     cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q);
   }
 
-  // Once the previous tile's consumers are past reading its number (and its Q), the next number.
-  CUTE_DEVICE void post_tile(int index, int t) {
-    if (index > 0) cutlass::arch::ClusterBarrier::wait(&smem.barrier_q_free, (index - 1) & 1);
+  // The consumers are past reading the previous number (and Q): barrier_q_free has been waited for.
+  CUTE_DEVICE void post_tile(int t) {
     *static_cast<volatile int*>(&smem.tile) = t;  // volatile: stays before the arrival that publishes it
   }
 

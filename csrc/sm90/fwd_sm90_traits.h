@@ -37,8 +37,9 @@ struct FwdTraits {
   // see TileScheduler) the producer's loop also holds the mask's and the tile order's values and
   // the counter: 16 registers more for it, 8 fewer per consumer thread (with fewer it spilled about
   // 190 bytes at head dim 128).  Wider head dims and three consumer warpgroups have none to spare
-  // (with them 1-3% and 19-34% slower on an H100, sm90_fwd_h100.md) and keep a CTA per masked tile.
-  static constexpr bool kDynamicWhenMasked = kConsumerWarpgroups == 2 && kHeadDim <= 128;
+  // (with them 1-3% and 19-34% slower on an H100, sm90_fwd_h100.md), nor head dim 96 (its
+  // consumers spill 4-16 bytes at 232): those keep a CTA per masked tile.
+  static constexpr bool kDynamicWhenMasked = kConsumerWarpgroups == 2 && (kHeadDim == 64 || kHeadDim == 128);
   template <bool Dynamic>
   static constexpr int kProducerRegisters = Dynamic ? 40 : 24;
   template <bool Dynamic>
