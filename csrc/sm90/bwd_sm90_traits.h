@@ -42,13 +42,11 @@ struct BwdTraits {
   static constexpr int kStages = kStages_;
   static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
   static constexpr int kThreads = 128 + kConsumerThreads;  // producer warpgroup first
-  // setmaxnreg moves registers within the CTA's own allocation (168 x 384 at launch): 128 x 24 +
-  // 256 x 240 is all of it.  A larger sum makes the consumers' increase wait forever.
+  // 128 x 24 + 256 x 240 is all of the CTA's allocation (168 x 384 at launch, setmaxnreg_fits).
   static constexpr int kProducerRegisters = 24;
   // dK and dV accumulators (64 x D each) stay in registers for the whole CTA.
   static constexpr int kConsumerRegisters = 240;
-  static constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;  // per thread, at one CTA per SM
-  static_assert(128 * kProducerRegisters + kConsumerThreads * kConsumerRegisters <= kLaunchRegisters * kThreads,
+  static_assert(setmaxnreg_fits(kProducerRegisters, kConsumerThreads, kConsumerRegisters),
                 "setmaxnreg cannot hand out more registers than the CTA was launched with");
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128, "dK + dV accumulators of larger head dims do not fit");
 

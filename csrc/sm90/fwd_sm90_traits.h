@@ -31,8 +31,7 @@ struct FwdTraits {
   static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
   static constexpr int kThreads = 128 + kConsumerThreads;  // producer warpgroup first
   // The producer needs a handful of registers; consumers hold S, P and O accumulators and take
-  // what the producer gives up (setmaxnreg moves registers within the launch's allocation, 64K per
-  // SM in steps of 8 per thread, and an increase that is not covered waits forever).  Taking tiles
+  // what the producer gives up (setmaxnreg_fits).  Taking tiles
   // from the dynamic scheduler (masked launches with two consumer warpgroups up to head dim 128,
   // see TileScheduler) the producer's loop also holds the mask's and the tile order's values and
   // the counter: 16 registers more for it, 8 fewer per consumer thread (with fewer it spilled about
@@ -44,11 +43,10 @@ struct FwdTraits {
   static constexpr int kProducerRegisters = Dynamic ? 40 : 24;
   template <bool Dynamic>
   static constexpr int kConsumerRegisters = kConsumerWarpgroups == 2 ? (Dynamic ? 232 : 240) : 160;
-  static constexpr int kLaunchRegisters = 65536 / kThreads / 8 * 8;
-  template <bool Dynamic>
-  static constexpr bool kRegistersBalance =
-      128 * (kLaunchRegisters - kProducerRegisters<Dynamic>) >= kConsumerThreads * (kConsumerRegisters<Dynamic> - kLaunchRegisters);
-  static_assert(kRegistersBalance<false> && kRegistersBalance<kDynamicWhenMasked>);
+  static_assert(setmaxnreg_fits(kProducerRegisters<false>, kConsumerThreads, kConsumerRegisters<false>) &&
+                    setmaxnreg_fits(kProducerRegisters<kDynamicWhenMasked>, kConsumerThreads,
+                                    kConsumerRegisters<kDynamicWhenMasked>),
+                "setmaxnreg cannot hand out more registers than the CTA was launched with");
   static_assert(kHeadDim % 32 == 0 && kBlockN % 16 == 0);
 
   using TileQK = Shape<Int<kRowsPerWarpgroup>, Int<kBlockN>, Int<kHeadDim>>;  // S = Q.K^T
