@@ -168,8 +168,9 @@ def test_a_family_the_library_lacks_is_a_clear_error(backend):
 
 @pytest.mark.parametrize("d,deterministic,expect", [
     (64, False, "sm90"), (80, False, "sm90"), (128, False, "sm90"),  # 80 is padded to 96
-    (192, False, "sm80"), (256, False, "sm80"),   # dK and dV of 192+ do not fit the SM90 tiles
-    (128, True, "sm90"), (256, True, "sm80"),     # deterministic mode: both families have one
+    (192, False, "sm90"), (256, False, "sm90"),
+    (128, True, "sm90"), (192, True, "sm90"),     # deterministic mode: both families have one,
+    (256, True, "sm80"),                          # except SM90 at 256, which adds dQ by atomics
 ])
 def test_hopper_runs_the_sm90_backward_where_it_covers_the_call(monkeypatch, d, deterministic, expect):
     monkeypatch.delenv("FA_INDUCTOR_BWD_FAMILY", raising=False)
@@ -203,9 +204,10 @@ def test_the_sm90_backward_refuses_what_it_does_not_cover(backend):
     lse = torch.zeros(1, 1, 8)
     with pytest.raises(library.KernelError, match="no SM90 backward"):
         backend.backward(out, q, k, v, out, lse, 0.1, False, False, -1, -1, 0.0, q, k, v, family="sm90")
+    # Head dim 256 adds dQ by atomics there: no deterministic mode.
     with pytest.raises(ValueError, match="SM90 backward takes head dims"):
         backward.run_backward(None, out, q, k, v, out, lse, 0.1, False, False, -1, -1, 0.0, q, k, v,
-                              family="sm90")
+                              deterministic=True, family="sm90")
 
 
 def test_no_ablation_variants_without_the_sm90_library():

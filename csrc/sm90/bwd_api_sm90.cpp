@@ -15,9 +15,11 @@ int dispatch_head_dim(const FaBwdParams& p, float* lse_log2, cudaStream_t stream
     case 64: return fa::sm90::run_bwd_sm90<64, kDtype>(p, lse_log2, stream);
     case 96: return fa::sm90::run_bwd_sm90<96, kDtype>(p, lse_log2, stream);
     case 128: return fa::sm90::run_bwd_sm90<128, kDtype>(p, lse_log2, stream);
+    case 192: return fa::sm90::run_bwd_sm90<192, kDtype>(p, lse_log2, stream);
+    case 256: return fa::sm90::run_bwd_sm90<256, kDtype>(p, lse_log2, stream);
     default:
       fa::set_last_error("fa_bwd_sm90: head_dim " + std::to_string(p.head_dim) +
-                         " not compiled (64, 96, 128; the SM80 backward takes 192 and 256)");
+                         " not compiled (64, 96, 128, 192, 256)");
       return FA_ERR_UNSUPPORTED;
   }
 }

@@ -19,39 +19,48 @@ namespace fa::sm90 {
 
 using namespace cute;
 
-// dK (scaled) and dV of one warpgroup's keys: through its K and V buffers (stmatrix) to one TMA
-// store each, which clips the rows past seqlen_k.
+// dK (scaled) and dV of one warpgroup's keys (with kSplitHeadDim: its columns of the shared keys)
+// through the K and V buffers (stmatrix) to one TMA store each, which clips the rows past seqlen_k.
 template <class Traits, class AccdK, class AccdV>
 CUTE_DEVICE void store_dk_dv(BwdArgs<Traits> const& args, typename Traits::SharedStorage& smem, int warpgroup,
                              int thread, int n_block, int head_kv, int batch, AccdK& acc_dk, AccdV& acc_dv) {
   using Element = typename Traits::Element;
   constexpr int kKeys = Traits::kKeysPerWarpgroup;
   constexpr int kHeadDim = Traits::kHeadDim;
+  constexpr bool kSplit = Traits::kSplitHeadDim;
+  const int kv = kSplit ? 0 : warpgroup;
+  // Who must be done reading K and V before they are overwritten: the warpgroup itself, or with a
+  // shared tile both.
+  const int barrier = kSplit ? BwdBarriers::kBothWarpgroups : BwdBarriers::warpgroup(warpgroup);
+  constexpr int kBarrierThreads = kSplit ? Traits::kConsumerThreads : 128;
   CUTE_UNROLL
   for (int i = 0; i < size(acc_dk); ++i) acc_dk(i) *= args.scale;
-  Tensor sdK = make_tensor(make_smem_ptr(smem.k[warpgroup].data()), typename Traits::SmemLayoutK{});
-  Tensor sdV = make_tensor(make_smem_ptr(smem.v[warpgroup].data()), typename Traits::SmemLayoutK{});
+  auto own_columns = [&](Element* p) {
+    Tensor t = make_tensor(make_smem_ptr(p), typename Traits::SmemLayoutK{});
+    return local_tile(t, Shape<Int<kKeys>, Int<Traits::kDkvCols>>{}, make_coord(_0{}, warpgroup * kSplit));
+  };
   typename Traits::TiledMmadKV mma_dkv;
   auto smem_copy = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_dkv);
   auto smem_thr_copy = smem_copy.get_thread_slice(thread);
   Tensor rdK = convert_type<Element>(acc_dk);
   Tensor rdV = convert_type<Element>(acc_dv);
-  // Every product of this warpgroup that read K and V has been waited for, by every warp.
-  named_barrier_sync(BwdBarriers::warpgroup(warpgroup), 128);
-  copy(smem_copy, smem_thr_copy.retile_S(rdK), smem_thr_copy.partition_D(sdK));
-  copy(smem_copy, smem_thr_copy.retile_S(rdV), smem_thr_copy.partition_D(sdV));
+  // Every product that read K and V has been waited for, by every warp.
+  named_barrier_sync(barrier, kBarrierThreads);
+  copy(smem_copy, smem_thr_copy.retile_S(rdK), smem_thr_copy.partition_D(own_columns(smem.k[kv].data())));
+  copy(smem_copy, smem_thr_copy.retile_S(rdV), smem_thr_copy.partition_D(own_columns(smem.v[kv].data())));
   cutlass::arch::fence_view_async_shared();
-  named_barrier_sync(BwdBarriers::warpgroup(warpgroup), 128);
-  if (thread == 0) {
-    const int tile = n_block * Traits::kConsumerWarpgroups + warpgroup;
-    auto store = [&](auto const& tma, auto const& s) {
+  named_barrier_sync(barrier, kBarrierThreads);
+  if (thread == 0 && (!kSplit || warpgroup == 0)) {
+    const int tile = n_block * Traits::kKVTiles + kv;
+    auto store = [&](auto const& tma, auto* p) {
+      Tensor s = make_tensor(make_smem_ptr(p), typename Traits::SmemLayoutK{});
       Tensor m = tma.get_tma_tensor(make_shape(args.seqlen_k, int32_t(kHeadDim), args.heads_kv, args.batch));
       Tensor g = local_tile(m(_, _, head_kv, batch), Shape<Int<kKeys>, Int<kHeadDim>>{}, make_coord(_, _0{}));
       auto thr = tma.get_slice(_0{});
       copy(tma, thr.partition_S(s), thr.partition_D(g)(_, _, _, tile));
     };
-    store(args.tma_dk, sdK);
-    store(args.tma_dv, sdV);
+    store(args.tma_dk, smem.k[kv].data());
+    store(args.tma_dv, smem.v[kv].data());
     tma_store_arrive();
     tma_store_wait<0>();  // shared memory must stay valid until the stores have read it
   }
@@ -112,7 +121,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         for (int m = range.min; m < range.max; ++m)
           loader.load_q_do(m, head_kv_and_batch[0] * group + h, head_kv_and_batch[1]);
       }
-    } else if (threadIdx.x / 32 == 1) {
+    } else if (threadIdx.x / 32 == 1 && !Traits::kDqAtomic) {
       BwdDqWriter<Traits, Is_local>{args, smem}.run(n_block, head_kv, batch, range, threadIdx.x % 32);
     }
     return;
@@ -123,14 +132,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   const int thread = threadIdx.x % 128;
   const KeyRange keys{args.seqlen_k, args.diag_offset, args.window_left, args.window_right};
   typename Traits::TiledMmadKV mma_dkv;
-  Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<Traits::kKeysPerWarpgroup>, Int<Traits::kHeadDim>>{});
-  Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<Traits::kKeysPerWarpgroup>, Int<Traits::kHeadDim>>{});
+  Tensor acc_dk = partition_fragment_C(mma_dkv, Shape<Int<Traits::kKeysPerWarpgroup>, Int<Traits::kDkvCols>>{});
+  Tensor acc_dv = partition_fragment_C(mma_dkv, Shape<Int<Traits::kKeysPerWarpgroup>, Int<Traits::kDkvCols>>{});
   clear(acc_dk);
   clear(acc_dv);
   // K and V always land before the epilogue reuses their buffers, even when no row sees the keys.
   cutlass::arch::ClusterBarrier::wait(&smem.barrier_kv, 0);
   BwdConsumer<Traits, Is_local, Is_softcap> consumer{args, smem, warpgroup, thread, keys};
-  consumer.run(n_block, range, pipeline_q, pipeline_do, acc_dk, acc_dv);
+  consumer.run(n_block, head_kv, batch, range, pipeline_q, pipeline_do, acc_dk, acc_dv);
   store_dk_dv<Traits>(args, smem, warpgroup, thread, n_block, head_kv, batch, acc_dk, acc_dv);
 }
 

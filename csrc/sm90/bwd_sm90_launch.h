@@ -74,6 +74,10 @@ int launch_bwd_main(const FaBwdParams& p, const float* lse_log2, cudaStream_t st
 template <int kHeadDim, typename Element>
 int run_bwd(const FaBwdParams& p, float* lse_log2, cudaStream_t stream) {
   using Traits = BwdTraits<kHeadDim, Element>;
+  // The atomics' order varies run to run; the dQ semaphores order only the writer's bulk reduces.
+  FA_REQUIRE(!(Traits::kDqAtomic && p.deterministic), FA_ERR_UNSUPPORTED,
+             "fa_bwd_sm90: no deterministic mode at head dim " + std::to_string(kHeadDim) +
+                 " (dQ is added by atomics; the SM80 backward has one)");
   const int64_t rows = p.batch * p.heads_q * p.seqlen_q_rounded;
   constexpr int kPrepRows = PrepShape<kHeadDim>::kRowsPerBlock;
   fa_bwd_sm90_preprocess_kernel<Traits><<<unsigned((rows + kPrepRows - 1) / kPrepRows), kPrepWarps * 32, 0, stream>>>(

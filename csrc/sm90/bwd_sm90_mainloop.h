@@ -6,6 +6,8 @@
 //     wait dP;  dS = P (dP - rowsum(dO * O));  issue dV += P^T dO;  dS -> shared memory
 //     issue dQ = dS K, issue dK += dS^T Q;  wait dQ: dQ -> shared memory for the writer warp (under dK)
 //     wait dK: release Q and dO
+// With kSplitHeadDim, P^T goes to shared memory with dS^T, and dQ, dV, dK are issued after the
+// barrier between the warpgroups (dQ first: it is added while dV and dK run).
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -64,9 +66,9 @@ struct BwdLoader {
       Tensor g = local_tile(m(_, _, head_kv, batch), Shape<Int<kKeys>, Int<kHeadDim>>{}, make_coord(_, _0{}));
       auto thr = tma.get_slice(_0{});
       CUTE_UNROLL
-      for (int w = 0; w < Traits::kConsumerWarpgroups; ++w) {
+      for (int w = 0; w < Traits::kKVTiles; ++w) {
         Tensor s = make_tensor(make_smem_ptr(dst[w].data()), typename Traits::SmemLayoutK{});
-        copy(tma.with(smem.barrier_kv), thr.partition_S(g)(_, _, _, n_block * Traits::kConsumerWarpgroups + w),
+        copy(tma.with(smem.barrier_kv), thr.partition_S(g)(_, _, _, n_block * Traits::kKVTiles + w),
              thr.partition_D(s));
       }
     };
@@ -96,14 +98,17 @@ struct BwdLoader {
 
 };
 
-// One consumer warpgroup: its 64 keys against every query tile of every query head of the group,
+// One consumer warpgroup: its 64 keys (with kSplitHeadDim: its half of the queries, then its half
+// of the head dim's columns) against every query tile of every query head of the group,
 // accumulating dK (unscaled) and dV, and adding dQ (unscaled) into dq_accum.
 template <class Traits, bool Is_local, bool Is_softcap>
 struct BwdConsumer {
   using Element = typename Traits::Element;
   static constexpr int kBlockM = Traits::kBlockM;
   static constexpr int kKeys = Traits::kKeysPerWarpgroup;
+  static constexpr int kQueries = Traits::kQueriesPerWarpgroup;
   static constexpr int kHeadDim = Traits::kHeadDim;
+  static constexpr bool kSplit = Traits::kSplitHeadDim;
 
   BwdArgs<Traits> const& args;
   typename Traits::SharedStorage& smem;
@@ -111,7 +116,7 @@ struct BwdConsumer {
   KeyRange keys;
 
   template <class AccdK, class AccdV>
-  CUTE_DEVICE void run(int n_block, QueryRange range, typename Traits::Pipeline& pipeline_q,
+  CUTE_DEVICE void run(int n_block, int head_kv, int batch, QueryRange range, typename Traits::Pipeline& pipeline_q,
                        typename Traits::Pipeline& pipeline_do, AccdK& acc_dk, AccdV& acc_dv) {
     typename Traits::TiledMmaSdP mma_sdp;
     typename Traits::TiledMmadKV mma_dkv;
@@ -119,26 +124,36 @@ struct BwdConsumer {
     auto thr_sdp = mma_sdp.get_thread_slice(thread);
     auto thr_dkv = mma_dkv.get_thread_slice(thread);
     auto thr_dq = mma_dq.get_thread_slice(thread);
+    // This warpgroup's K/V tile, its first query of S^T, its first column of dK and dV.
+    const int kv = kSplit ? 0 : warpgroup;
+    const int query_first = kSplit ? warpgroup * kQueries : 0;
+    constexpr int kStages = Traits::kStages;
 
     Tensor sQ = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQ{});
     Tensor sQt = make_tensor(make_smem_ptr(smem.q.data()), typename Traits::SmemLayoutQt{});
     Tensor sdO = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQ{});
     Tensor sdOt = make_tensor(make_smem_ptr(smem.dout.data()), typename Traits::SmemLayoutQt{});
-    Tensor sK = make_tensor(make_smem_ptr(smem.k[warpgroup].data()), typename Traits::SmemLayoutK{});
-    Tensor sV = make_tensor(make_smem_ptr(smem.v[warpgroup].data()), typename Traits::SmemLayoutK{});
-    Tensor sdSt = make_tensor(make_smem_ptr(smem.ds[warpgroup].data()), typename Traits::SmemLayoutdSt{});
+    Tensor sK = make_tensor(make_smem_ptr(smem.k[kv].data()), typename Traits::SmemLayoutK{});
+    Tensor sV = make_tensor(make_smem_ptr(smem.v[kv].data()), typename Traits::SmemLayoutK{});
+    auto queries_of = [&](auto const& t) {  // (queries, head dim, stage) -> this warpgroup's queries
+      return local_tile(t, Shape<Int<kQueries>, Int<kHeadDim>, Int<kStages>>{}, make_coord(warpgroup * kSplit, _0{}, _0{}));
+    };
+    auto columns_of = [&](auto const& t) {  // (head dim, queries, stage) -> this warpgroup's columns
+      return local_tile(t, Shape<Int<Traits::kDkvCols>, Int<kBlockM>, Int<kStages>>{}, make_coord(warpgroup * kSplit, _0{}, _0{}));
+    };
 
     Tensor tSrK = thr_sdp.partition_fragment_A(sK);
-    Tensor tSrQ = thr_sdp.partition_fragment_B(sQ);  // (MMA, MMA_N, MMA_K, stage)
+    Tensor tSrQ = thr_sdp.partition_fragment_B(queries_of(sQ));  // (MMA, MMA_N, MMA_K, stage)
     Tensor tdPrV = thr_sdp.partition_fragment_A(sV);
-    Tensor tdPrdO = thr_sdp.partition_fragment_B(sdO);
-    Tensor tdVrdOt = thr_dkv.partition_fragment_B(sdOt);
-    Tensor tdKrQt = thr_dkv.partition_fragment_B(sQt);
+    Tensor tdPrdO = thr_sdp.partition_fragment_B(queries_of(sdO));
+    Tensor tdVrdOt = thr_dkv.partition_fragment_B(columns_of(sdOt));
+    Tensor tdKrQt = thr_dkv.partition_fragment_B(columns_of(sQt));
     // dQ's operands: this warpgroup's dS and K, or with kDqSplit both warpgroups' dS and K (one
-    // product per warpgroup's keys), restricted to this warpgroup's half of the columns.
-    constexpr int kDqParts = Traits::kDqSplit ? Traits::kConsumerWarpgroups : 1;
+    // product per warpgroup's keys, or one over the shared keys), restricted to this warpgroup's
+    // half of the columns.
+    constexpr int kDqParts = Traits::kDqSplit && !kSplit ? Traits::kConsumerWarpgroups : 1;
     auto dq_operands = [&](int part) {
-      const int w = Traits::kDqSplit ? part : warpgroup;
+      const int w = kSplit ? 0 : (Traits::kDqSplit ? part : warpgroup);
       Tensor sdS_w = make_tensor(make_smem_ptr(smem.ds[w].data()), typename Traits::SmemLayoutdS{});
       Tensor sKt_w = make_tensor(make_smem_ptr(smem.k[w].data()), typename Traits::SmemLayoutKt{});
       Tensor sKt_cols = local_tile(sKt_w, Shape<Int<Traits::kDqCols>, Int<kKeys>>{},
@@ -147,9 +162,18 @@ struct BwdConsumer {
     };
     auto dq_part0 = dq_operands(0);
     auto dq_part1 = dq_operands(kDqParts - 1);
-    Tensor tdSsdS = thr_sdp.partition_C(sdSt);  // this thread's S^T elements in dS, (MMA, M, N, buffer)
+    // Where this thread's S^T elements go in dS^T (and with kSplitHeadDim in P^T): (MMA, M, N, buffer).
+    auto own_queries = [&](Element* p) {
+      if constexpr (kSplit) {
+        Tensor t = make_tensor(make_smem_ptr(p), typename Traits::SmemLayoutPt{});
+        return thr_sdp.partition_C(local_tile(t, Shape<Int<kKeys>, Int<kQueries>, _2>{}, make_coord(_0{}, warpgroup, _0{})));
+      } else {
+        return thr_sdp.partition_C(make_tensor(make_smem_ptr(p), typename Traits::SmemLayoutdSt{}));
+      }
+    };
+    Tensor tdSsdS = own_queries(smem.ds[kv].data());
 
-    Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kKeys>, Int<kBlockM>>{}));
+    Tensor tScS = thr_sdp.partition_C(make_identity_tensor(Shape<Int<kKeys>, Int<kQueries>>{}));
     Tensor tScS_rc = make_tensor(tScS.data(), acc_to_rowcol(tScS.layout()));  // (keys, queries)
     constexpr int kRows = decltype(size<0>(tScS_rc))::value;
     constexpr int kCols = decltype(size<1>(tScS_rc))::value;
@@ -158,23 +182,23 @@ struct BwdConsumer {
     const float scale_log2 = args.scale * kLog2e;
     const float scale_over_cap = Is_softcap ? args.scale / args.softcap : 0.f;
     const float cap_log2 = args.softcap * kLog2e;
-    const int key0 = n_block * Traits::kBlockN + warpgroup * kKeys;
+    const int key0 = n_block * Traits::kBlockN + kv * kKeys;
     const int group = args.heads_q / args.heads_kv;
 
     typename Traits::PipelineState state_q, state_do;
     int buffer = 0;
     for (int h = 0; h < group; ++h) {
       for (int m_block = range.min; m_block < range.max; ++m_block, buffer ^= 1) {
-        const int m0 = m_block * kBlockM;
-        Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kKeys>, Int<kBlockM>>{});
-        Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<kKeys>, Int<kBlockM>>{});
+        const int m0 = m_block * kBlockM + query_first;  // this warpgroup's first query row
+        Tensor acc_s = partition_fragment_C(mma_sdp, Shape<Int<kKeys>, Int<kQueries>>{});
+        Tensor acc_dp = partition_fragment_C(mma_sdp, Shape<Int<kKeys>, Int<kQueries>>{});
         pipeline_q.consumer_wait(state_q);
         // This thread's rows' lse, read before the products are issued: read after S has landed,
         // the loads queued behind the products' own shared-memory traffic and the exponent loop
         // waited for them (Nsight Compute, benchmarks/results/sm90_bwd_h100.md).
         float lse2_cols[kCols];
         {
-          float const* lse_log2 = smem.lse_log2.data() + state_q.index() * kBlockM;
+          float const* lse_log2 = smem.lse_log2.data() + state_q.index() * kBlockM + query_first;
           CUTE_UNROLL
           for (int c = 0; c < kCols; ++c) lse2_cols[c] = lse_log2[get<1>(tScS_rc(0, c))];
         }
@@ -182,13 +206,13 @@ struct BwdConsumer {
         pipeline_do.consumer_wait(state_do);
         wgmma<true, -1>(mma_sdp, tdPrV, tdPrdO(_, _, _, state_do.index()), acc_dp);
 
-        float const* dsum = smem.dsum.data() + state_do.index() * kBlockM;
+        float const* dsum = smem.dsum.data() + state_do.index() * kBlockM + query_first;
         Tensor S = make_tensor(acc_s.data(), acc_to_rowcol(acc_s.layout()));
         Tensor dP = make_tensor(acc_dp.data(), acc_to_rowcol(acc_dp.layout()));
         // The mask is needed only where the tile crosses the key end or a diagonal of the band.
         bool need_mask = key0 + kKeys > args.seqlen_k;
         if constexpr (Is_local) {
-          need_mask = need_mask || keys.hi(m0) < key0 + kKeys || keys.lo(m0 + kBlockM - 1) > key0;
+          need_mask = need_mask || keys.hi(m0) < key0 + kKeys || keys.lo(m0 + kQueries - 1) > key0;
         }
         // P = exp2(S * scale * log2(e) - lse * log2(e)), masked or not (two copies of the loop,
         // chosen once per tile, so the unmasked one carries no index arithmetic).
@@ -249,14 +273,18 @@ struct BwdConsumer {
 
         Tensor rP = make_tensor_like<Element>(acc_s);
         copy(convert_type<Element>(acc_s), rP);
-        Tensor tdVrP = make_tensor(rP.data(), acc_to_a_operand(rP.layout()));
-        wgmma<false, -1>(mma_dkv, tdVrP, tdVrdOt(_, _, _, state_do.index()), acc_dv);
+        if constexpr (!kSplit) {
+          Tensor tdVrP = make_tensor(rP.data(), acc_to_a_operand(rP.layout()));
+          wgmma<false, -1>(mma_dkv, tdVrP, tdVrdOt(_, _, _, state_do.index()), acc_dv);
+        }
 
         Tensor rdS = make_tensor_like<Element>(acc_dp);
         copy(convert_type<Element>(acc_dp), rdS);
         // dS^T into this tile's buffer: the other buffer may still be read by the previous dQ of
-        // a slower warp, this one was last read two tiles ago, before the barrier below.
+        // a slower warp, this one was last read two tiles ago, before the barrier below.  With
+        // kSplitHeadDim P^T goes the same way (both warpgroups read both halves of each).
         copy(rdS, tdSsdS(_, _, _, buffer));
+        if constexpr (kSplit) copy(rP, own_queries(smem.pt.data())(_, _, _, buffer));
         cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by wgmma
         if constexpr (Traits::kDqSplit) {
           named_barrier_sync(BwdBarriers::kBothWarpgroups, Traits::kConsumerThreads);
@@ -267,10 +295,24 @@ struct BwdConsumer {
         Tensor acc_dq = partition_fragment_C(mma_dq, Shape<Int<kBlockM>, Int<Traits::kDqCols>>{});
         wgmma<true, -1>(mma_dq, get<0>(dq_part0)(_, _, _, buffer), get<1>(dq_part0), acc_dq);
         if constexpr (kDqParts == 2) wgmma<false, -1>(mma_dq, get<0>(dq_part1)(_, _, _, buffer), get<1>(dq_part1), acc_dq);
-        Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_operand(rdS.layout()));
-        wgmma<false, -1>(mma_dkv, tdKrdS, tdKrQt(_, _, _, state_q.index()), acc_dk);
-        warpgroup_wait<1>();  // dV and dQ are done, dK may still run
-        stage_dq(acc_dq, /*first_tile=*/h == 0 && m_block == range.min);
+        if constexpr (kSplit) {
+          Tensor sPt = make_tensor(make_smem_ptr(smem.pt.data()), typename Traits::SmemLayoutPt{});
+          Tensor sdSt = make_tensor(make_smem_ptr(smem.ds[0].data()), typename Traits::SmemLayoutPt{});
+          wgmma<false, -1>(mma_dkv, thr_dkv.partition_fragment_A(sPt)(_, _, _, buffer),
+                           tdVrdOt(_, _, _, state_do.index()), acc_dv);
+          wgmma<false, -1>(mma_dkv, thr_dkv.partition_fragment_A(sdSt)(_, _, _, buffer),
+                           tdKrQt(_, _, _, state_q.index()), acc_dk);
+          warpgroup_wait<2>();  // dQ is done, dV and dK may still run
+        } else {
+          Tensor tdKrdS = make_tensor(rdS.data(), acc_to_a_operand(rdS.layout()));
+          wgmma<false, -1>(mma_dkv, tdKrdS, tdKrQt(_, _, _, state_q.index()), acc_dk);
+          warpgroup_wait<1>();  // dV and dQ are done, dK may still run
+        }
+        if constexpr (Traits::kDqAtomic) {
+          add_dq(acc_dq, batch, head_kv * group + h, m_block);
+        } else {
+          stage_dq(acc_dq, /*first_tile=*/h == 0 && m_block == range.min);
+        }
         warpgroup_wait<0>();  // Q and dO are no longer read
         pipeline_q.consumer_release(state_q);
         pipeline_do.consumer_release(state_do);
@@ -295,6 +337,20 @@ struct BwdConsumer {
     }
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by the bulk reduce
     named_barrier_arrive(BwdBarriers::dq_full(warpgroup), BwdBarriers::kDqHandoffThreads);
+  }
+
+  // kDqAtomic: the same fragment order, added straight into dq_accum's tile with one 16-byte
+  // atomic per four values (RED.E.ADD.F32x4 in L2; each warp's 32 cover 512 contiguous bytes).
+  template <class AccdQ>
+  CUTE_DEVICE void add_dq(AccdQ const& acc_dq, int batch, int head, int m_block) const {
+    static_assert(decltype(size(acc_dq))::value * 128 == Traits::kDqPart);
+    float* tile = args.dq_accum + ((int64_t(batch) * args.heads_q + head) * args.seqlen_q_rounded +
+                                   int64_t(m_block) * kBlockM) * kHeadDim;
+    float4* dst = reinterpret_cast<float4*>(tile + warpgroup * Traits::kDqPart) + thread;
+    CUTE_UNROLL
+    for (int j = 0; j < size(acc_dq) / 4; ++j) {
+      atomicAdd(dst + j * 128, make_float4(acc_dq(4 * j), acc_dq(4 * j + 1), acc_dq(4 * j + 2), acc_dq(4 * j + 3)));
+    }
   }
 };
 

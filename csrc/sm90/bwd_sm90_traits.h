@@ -1,9 +1,10 @@
 // Kernel traits of the SM90 backward (FlashAttention-3 design): tile shapes, warpgroup roles,
 // shared-memory layouts, the wgmma tiles and the TMA copy types.
 //
-// One CTA owns a block of 128 keys of one (batch, kv head) and walks the query tiles (64 rows) of
-// every query head of its group that can see those keys.  Each of the two consumer warpgroups owns
-// 64 of the keys, and computes everything with the keys as the wgmma M dimension:
+// One CTA owns a block of keys of one (batch, kv head) and walks the query tiles (64 rows) of
+// every query head of its group that can see those keys.  Up to head dim 128 the block has 128
+// keys and each of the two consumer warpgroups owns 64 of them, computing everything with the
+// keys as the wgmma M dimension:
 //     S^T  = K_w Q^T        dP^T = V_w dO^T               (both operands from shared memory)
 //     dV_w += P^T dO        dK_w += dS^T Q                (P^T, dS^T straight from registers)
 //     dQ   += dS K_w        (dS^T through shared memory; dQ through shared memory too, added
@@ -11,10 +12,16 @@
 // so the transposes the FlashAttention-2 backward makes through shared memory are only the
 // operand views of wgmma (MN-major B operands).  With head dim 128 the warpgroups split dQ's
 // columns instead (see kDqSplit).
+// Over head dim 128 a warpgroup's dK and dV (64 keys x D each) would take 2 * D / 2 fp32
+// registers per thread (256 at head dim 256), so the block has 64 keys that both warpgroups share
+// (kSplitHeadDim): each computes S^T and dP^T for half of the tile's queries, writes its P^T and
+// dS^T to shared memory, and after a barrier accumulates dV, dK and dQ for half of the head dim's
+// columns from both halves (all five products then read shared memory only).
 // One more warpgroup moves data: one thread issues the TMA loads (K and V once, then Q, dO and
 // their row statistics, lse and rowsum(dO * O), per query tile through a pipeline), one warp adds
 // each tile's dQ from shared memory into global memory (bulk reduce-add in L2) while the
-// consumers go on with the next tile.
+// consumers go on with the next tile.  At head dim 256 the staging buffer does not fit beside
+// two pipeline stages; the consumers add dQ with vector atomics instead (kDqAtomic).
 #pragma once
 
 #include "sm90_utils.h"
@@ -30,7 +37,8 @@ using namespace cute;
 // an H100 (bwd_quick.py, 16k tokens, two leases, 2026-11-23): head dim 64 faster at all ten points
 // (+1% to +8%), 96 and 128 between -9% and +8%, as noisy as the peers' own run-to-run spread.  At
 // head dim 128 the three stages leave 1 KB of the 227 KB (the static_assert below).
-template <int kHeadDim_, typename Element_, int kStages_ = 3>
+// Head dims over 128 take two stages: 2 x (Q + dO) tiles of 64 x 256 are 128 KB.
+template <int kHeadDim_, typename Element_, int kStages_ = (kHeadDim_ > 128 ? 2 : 3)>
 struct BwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -38,7 +46,13 @@ struct BwdTraits {
   static constexpr int kBlockM = 64;  // query rows per step: one wgmma N extent of S^T
   static constexpr int kKeysPerWarpgroup = 64;  // one wgmma M extent
   static constexpr int kConsumerWarpgroups = 2;
-  static constexpr int kBlockN = kKeysPerWarpgroup * kConsumerWarpgroups;
+  static constexpr bool kSplitHeadDim = kHeadDim > 128;
+  // K/V tiles of 64 keys per CTA: one per warpgroup, or one shared by both.
+  static constexpr int kKVTiles = kSplitHeadDim ? 1 : kConsumerWarpgroups;
+  static constexpr int kBlockN = kKeysPerWarpgroup * kKVTiles;
+  // A warpgroup's queries of S^T and dP^T, and its columns of dK and dV.
+  static constexpr int kQueriesPerWarpgroup = kSplitHeadDim ? kBlockM / kConsumerWarpgroups : kBlockM;
+  static constexpr int kDkvCols = kSplitHeadDim ? kHeadDim / kConsumerWarpgroups : kHeadDim;
   static constexpr int kStages = kStages_;
   static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
   static constexpr int kThreads = 128 + kConsumerThreads;  // producer warpgroup first
@@ -48,29 +62,37 @@ struct BwdTraits {
   static constexpr int kConsumerRegisters = 240;
   static_assert(setmaxnreg_fits(kProducerRegisters, kConsumerThreads, kConsumerRegisters),
                 "setmaxnreg cannot hand out more registers than the CTA was launched with");
-  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 128, "dK + dV accumulators of larger head dims do not fit");
+  static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dims 64..256 in steps of 32");
 
   // (keys, queries, head dim): S^T and dP^T.
-  using TiledMmaSdP = decltype(make_tiled_mma(
-      GMMA::ss_op_selector<Element, Element, ElementAccum, Shape<Int<kKeysPerWarpgroup>, Int<kBlockM>, Int<kHeadDim>>>()));
-  // (keys, head dim, queries): dV += P^T dO and dK += dS^T Q; dO and Q read transposed.
-  using TiledMmadKV = decltype(make_tiled_mma(
-      GMMA::rs_op_selector<Element, Element, ElementAccum, Shape<Int<kKeysPerWarpgroup>, Int<kHeadDim>, Int<kBlockM>>,
-                           GMMA::Major::K, GMMA::Major::MN>()));
+  using TiledMmaSdP = decltype(make_tiled_mma(GMMA::ss_op_selector<
+      Element, Element, ElementAccum, Shape<Int<kKeysPerWarpgroup>, Int<kQueriesPerWarpgroup>, Int<kHeadDim>>>()));
+  // (keys, head dim columns, queries): dV += P^T dO and dK += dS^T Q; dO and Q read transposed.
+  // P^T and dS^T from registers, or with kSplitHeadDim from shared memory (both halves).
+  using TiledMmadKV = decltype(make_tiled_mma(std::conditional_t<
+      kSplitHeadDim,
+      decltype(GMMA::ss_op_selector<Element, Element, ElementAccum, Shape<Int<kKeysPerWarpgroup>, Int<kDkvCols>, Int<kBlockM>>,
+                                    GMMA::Major::K, GMMA::Major::MN>()),
+      decltype(GMMA::rs_op_selector<Element, Element, ElementAccum, Shape<Int<kKeysPerWarpgroup>, Int<kDkvCols>, Int<kBlockM>>,
+                                    GMMA::Major::K, GMMA::Major::MN>())>{}));
   // (queries, dQ columns, keys): dQ = dS K, dS stored query-contiguous, K read transposed.  With a
   // head dim of 128 each warpgroup computes half of dQ's columns over all 128 keys (both
   // warpgroups' dS), so every dQ element is added to dq_accum once, not once per warpgroup: half
   // the reduce-add traffic into L2, for a barrier between the warpgroups per tile.  A half is one
   // 64-column atom of the 128-byte swizzle; the halves of smaller head dims would cut through an atom.
-  static constexpr bool kDqSplit = kHeadDim == 128;
+  // With kSplitHeadDim the warpgroups split every product's columns this way.
+  static constexpr bool kDqSplit = kHeadDim == 128 || kSplitHeadDim;
   static constexpr int kDqCols = kDqSplit ? kHeadDim / kConsumerWarpgroups : kHeadDim;
   static constexpr int kDqPart = kBlockM * kDqCols;  // fp32 elements of dQ one warpgroup adds per tile
+  // dQ added by each consumer thread's vector atomics, not staged for the writer warp's bulk reduce.
+  static constexpr bool kDqAtomic = kHeadDim > 192;
   using TiledMmadQ = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, ElementAccum, Shape<Int<kBlockM>, Int<kDqCols>, Int<kKeysPerWarpgroup>>,
                            GMMA::Major::MN, GMMA::Major::MN>()));
 
-  // 128-byte swizzled rows when the head dim allows (64 elements), else 64-byte rows.
-  using SmemAtom = std::conditional_t<kHeadDim % 64 == 0, GMMA::Layout_K_SW128_Atom<Element>,
+  // 128-byte swizzled rows when the head dim allows (64 elements), else 64-byte rows; with
+  // kSplitHeadDim a warpgroup's half of the columns must start at an atom (head dim 192: 96).
+  using SmemAtom = std::conditional_t<kHeadDim % 64 == 0 && kDkvCols % 64 == 0, GMMA::Layout_K_SW128_Atom<Element>,
                                       GMMA::Layout_K_SW64_Atom<Element>>;
   // Q and dO: (queries, head dim, stage); transposed views (head dim, queries, stage).
   using SmemLayoutQ = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kBlockM>, Int<kHeadDim>, Int<kStages>>{}));
@@ -87,6 +109,10 @@ struct BwdTraits {
                                               Shape<Int<kBlockM>, Int<kKeysPerWarpgroup>, _2>{}));
   using SmemLayoutdSt = decltype(composition(
       SmemLayoutdS{}, make_ordered_layout(Shape<Int<kKeysPerWarpgroup>, Int<kBlockM>, _2>{}, Step<_2, _1, _3>{})));
+  // The same bytes as dSt, as the K-major A operand (keys, queries, buffer) of dV and dK when P^T
+  // and dS^T come from shared memory (kSplitHeadDim); P^T has buffers of its own in that layout.
+  using SmemLayoutPt = decltype(tile_to_shape(GMMA::Layout_K_SW128_Atom<Element>{},
+                                              Shape<Int<kKeysPerWarpgroup>, Int<kBlockM>, _2>{}));
 
   using ShapeQKV = Shape<int32_t, int32_t, int32_t, int32_t>;  // (seqlen, head dim, heads, batch)
   using StrideQKV = Stride<int64_t, _1, int64_t, int64_t>;
@@ -102,17 +128,29 @@ struct BwdTraits {
   static constexpr uint32_t kTmaBytesQ = kBlockM * kHeadDim * sizeof(Element) + kBlockM * sizeof(float);
   static constexpr uint32_t kTmaBytesKV = 2 * kBlockN * kHeadDim * sizeof(Element);
 
+  // Shared buffers some configurations leave out (zero bytes then).
+  template <class T, int N, int Align>
+  struct Buffer {
+    cute::array_aligned<T, N, Align> a;
+    CUTE_DEVICE T* data() { return a.data(); }
+  };
+  template <class T, int Align>
+  struct Buffer<T, 0, Align> {
+    CUTE_DEVICE T* data() { return nullptr; }
+  };
+
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename Pipeline::PipelineState;
 
   struct SharedStorage {
     cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q;
     cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> dout;
-    cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k[kConsumerWarpgroups];
-    cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> v[kConsumerWarpgroups];
-    cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> ds[kConsumerWarpgroups];
+    cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> k[kKVTiles];
+    cute::array_aligned<Element, cosize_v<SmemLayoutK>, 1024> v[kKVTiles];
+    cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> ds[kKVTiles];
+    Buffer<Element, kSplitHeadDim ? cosize_v<SmemLayoutPt> : 0, 1024> pt;
     // Each warpgroup's dQ of the current tile, in the dQ fragment order of dq_accum.
-    cute::array_aligned<float, kDqPart * kConsumerWarpgroups, 128> dq;
+    Buffer<float, kDqAtomic ? 0 : kDqPart * kConsumerWarpgroups, 128> dq;
     cute::array_aligned<float, kBlockM * kStages, 16> lse_log2;
     cute::array_aligned<float, kBlockM * kStages, 16> dsum;
     alignas(16) uint64_t barrier_kv;

@@ -82,14 +82,19 @@ def backward_unsupported(q, k, v, bias, causal, bottom_right, window_left, windo
     return None
 
 
-# Head dims (after padding) the SM90 backward is compiled for; its dK and dV accumulators of
-# larger head dims do not fit in a warpgroup's registers (csrc/sm90/bwd_sm90_traits.h).
-SM90_HEAD_DIMS = (64, 96, 128)
+# Head dims (after padding) the SM90 backward is compiled for (csrc/sm90/bwd_api_sm90.cpp).
+SM90_HEAD_DIMS = (64, 96, 128, 192, 256)
+# Head dims at which the SM90 backward adds dQ by atomics (kDqAtomic in bwd_sm90_traits.h), so
+# that it has no deterministic mode there.
+SM90_ATOMIC_DQ_HEAD_DIMS = (256,)
 
 
 def sm90_covers(head_dim: int, deterministic: bool) -> bool:
     """Whether the SM90 backward takes a call of this (padded) head dim; else the SM80 one runs.
-    Both modes: deterministic calls add into each dQ tile in key-block order."""
+    Deterministic calls add into each dQ tile in key-block order, except where dQ is added by
+    atomics (head dim 256), which the SM80 backward's deterministic mode then takes."""
+    if deterministic and head_dim in SM90_ATOMIC_DQ_HEAD_DIMS:
+        return False
     return head_dim in SM90_HEAD_DIMS
 
 
@@ -157,7 +162,9 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
         raise ValueError(f"head dim {max(D, Dv)} too large for the compiled backward")
     sm90 = family == "sm90"
     if sm90 and not sm90_covers(hd, deterministic):
-        raise ValueError(f"the SM90 backward takes head dims {SM90_HEAD_DIMS} (got head dim {hd})")
+        raise ValueError(
+            f"the SM90 backward takes head dims {SM90_HEAD_DIMS}, in deterministic mode not "
+            f"{SM90_ATOMIC_DQ_HEAD_DIMS} (got head dim {hd}, deterministic={deterministic})")
     if not sm90 and family != "sm80":
         raise ValueError(f"unknown kernel family {family!r}")
     q, qs = _prepared(q, hd)
