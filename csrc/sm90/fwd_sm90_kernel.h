@@ -31,7 +31,8 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
   using Pipeline = typename Traits::Pipeline;
   using Barrier = cutlass::arch::ClusterBarrier;
   constexpr bool kWarpSpecialized = Schedule::kWarpSpecialized;
-  constexpr bool kDynamic = TileScheduler<Traits, Is_local>::kDynamic;
+  using Scheduler = TileScheduler<Traits, Schedule, Is_local>;
+  constexpr bool kDynamic = Scheduler::kDynamic;
   extern __shared__ __align__(1024) char smem_raw[];
   SharedStorage& smem = *reinterpret_cast<SharedStorage*>(smem_raw);
 
@@ -39,7 +40,7 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
   const bool is_producer = kWarpSpecialized && warpgroup_idx == 0;
   const KeyRange keys{args.seqlen_k, args.bottom_right ? args.seqlen_k - args.seqlen_q : 0, args.window_left,
                       args.window_right};
-  const TileScheduler<Traits, Is_local> scheduler(args);
+  const Scheduler scheduler(args);
 
   if (threadIdx.x == 0) {
     prefetch_tma_descriptor(args.tma_q.get_tma_descriptor());
@@ -102,7 +103,7 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
                                                          released_v);
     store_tile<Traits>(args, smem, warpgroup, thread, tile.head, tile.batch, row0, softmax_scale, acc_o, softmax);
   };
-  if constexpr (kWarpSpecialized && kDynamic) {
+  if constexpr (kDynamic) {
     // Tiles from the counter: the producer posts each one's number with its Q.
     for (int index = 0;; ++index) {
       Barrier::wait(&smem.barrier_q, index & 1);

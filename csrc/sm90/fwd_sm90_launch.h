@@ -72,7 +72,7 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
             kernel_threads<Traits, Schedule>(), smem, m_blocks, p.heads_q * p.batch, args.order);
         status != FA_OK)
       return status;
-    if constexpr (Schedule::kWarpSpecialized && TileScheduler<Traits, Is_local>::kDynamic) {
+    if constexpr (TileScheduler<Traits, Schedule, Is_local>::kDynamic) {
       args.counter = next_tile_counter();
     } else {
       grid = int(tiles);  // a CTA per tile, see TileScheduler

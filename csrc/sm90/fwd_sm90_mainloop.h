@@ -62,11 +62,13 @@ static __device__ unsigned int g_tile_counters[kTileCounters];
 // key blocks and a static assignment leaves some SMs with several times the work of others: there
 // each CTA takes the next tile of the order from an atomic counter when it starts one, as a
 // hardware launch of one CTA per tile would, but with the next tile's loads issued under the
-// current one (counter < 0: one CTA per tile, for the ablation without warp specialisation and
-// the tile shapes with no registers to spare, see Traits::kDynamicWhenMasked).
-template <class Traits, bool Is_local>
+// current one.  That needs a producer warpgroup to take the tiles and registers for its loop:
+// otherwise (the ablation without warp specialisation, the tile shapes with no registers to spare,
+// see Traits::kDynamicWhenMasked) a masked launch has one CTA per tile.  The kernel and the launch
+// both go by kDynamic.
+template <class Traits, class Schedule, bool Is_local>
 struct TileScheduler {
-  static constexpr bool kDynamic = Is_local && Traits::kDynamicWhenMasked;
+  static constexpr bool kDynamic = Schedule::kWarpSpecialized && Is_local && Traits::kDynamicWhenMasked;
   int num_m_blocks, heads, total;
   TileOrder order;
   int counter;
@@ -95,12 +97,15 @@ struct TileScheduler {
   // The producer's next tile, taken once it has issued the current one's loads (those run ahead
   // of the consumers by the pipeline's stages, which cover the atomic's latency).
   CUTE_DEVICE int next_tile(int t) const {
-    if (!kDynamic || counter < 0) return t + gridDim.x;
-    const unsigned ticket = atomicAdd(&g_tile_counters[counter], 1u);
-    // Every CTA takes tickets until one is past the end: total - gridDim.x tiles and one ticket
-    // per CTA, `total` in all, so the one numbered total - 1 is the launch's last.
-    if (ticket == unsigned(total - 1)) atomicExch(&g_tile_counters[counter], 0u);
-    return int(gridDim.x + ticket);
+    if constexpr (!kDynamic) {
+      return t + gridDim.x;
+    } else {
+      const unsigned ticket = atomicAdd(&g_tile_counters[counter], 1u);
+      // Every CTA takes tickets until one is past the end: total - gridDim.x tiles and one ticket
+      // per CTA, `total` in all, so the one numbered total - 1 is the launch's last.
+      if (ticket == unsigned(total - 1)) atomicExch(&g_tile_counters[counter], 0u);
+      return int(gridDim.x + ticket);
+    }
   }
 };
 

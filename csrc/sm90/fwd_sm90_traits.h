@@ -139,7 +139,7 @@ struct FwdArgs {
   float scale, softcap;
   int32_t window_left, window_right, bottom_right;
   TileOrder order;  // masked launches: the order tiles are taken in (common/tile_order.h)
-  int32_t counter;  // dynamically scheduled launches: their tile counter (TileScheduler); else -1
+  int32_t counter;  // dynamically scheduled launches: their tile counter (TileScheduler); else unused
 };
 
 }  // namespace fa::sm90
