@@ -42,6 +42,22 @@ def warm_up(fn: Callable[[], object], calls: int, sync: Callable[[], None]) -> f
     return time.perf_counter() - start
 
 
+def spin_up_gpu(seconds: float, device: str = "cuda") -> float:
+    """Keeps the GPU busy with bf16 GEMMs for about ``seconds`` before anything is timed.  A GPU
+    left idle (say during a kernel build) starts the first point at idle clocks: the first point of
+    two grid runs measured 0.43-0.46 of what the same kernel gave later in the run.  Returns the
+    seconds spent."""
+    import torch
+
+    a = torch.randn(8192, 8192, device=device, dtype=torch.bfloat16)
+    start = time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        for _ in range(10):
+            a @ a
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start
+
+
 def gpu_timer(warmup_ms: float, rep_ms: float) -> tuple[Callable[[Callable], Timing], str]:
     """A timer taking a callable, and the sentence that says how it times."""
     try:
