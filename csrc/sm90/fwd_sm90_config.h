@@ -15,7 +15,10 @@ namespace fa::sm90 {
 // ShortTraits replace Traits up to kShortSeqlenK keys.  Head dim 64 with a mask: with few keys
 // the 192-row tiles spend much of their work on the diagonal (measured on H100, causal, 16k
 // tokens: 128-row tiles 5% faster at 512 keys and 8% at 1k, 5-6% slower at 2k-4k; without a mask
-// 192 rows stay ahead, level at 512-1k and 6-10% faster from 2k).  Head dim 128 without a mask:
+// 192 rows stay ahead, level at 512-1k and 6-10% faster from 2k).  Since the 128-row tiles of a
+// masked launch come from the dynamic scheduler (and the 192-row ones still a CTA each), they are
+// 4.7% faster at 2k too, level at 4k, 6% slower at 8k-16k (same-lease A/B,
+// benchmarks/results/ab_h100_sm90_d64_short_tiles_dynamic.json).  Head dim 128 without a mask:
 // 128-key tiles up to 8k keys (H100, 16k tokens: 5% faster at 512, 2% at 1k, about 1% at 2k-8k,
 // level at 8448 = 48 x 176 and 1% slower at 16k), where 176-key ones lose more to the partial
 // last block and per-tile fixed costs than they gain per block.
@@ -23,7 +26,7 @@ template <int kHeadDim, typename Element, bool Is_local> struct FwdConfig;
 template <typename E, bool L> struct FwdConfig<64, E, L> {
   using Traits = FwdTraits<64, 128, 2, E, 3>;
   using ShortTraits = std::conditional_t<L, FwdTraits<64, 128, 2, E, 2>, Traits>;
-  static constexpr int kShortSeqlenK = L ? 1024 : 0;
+  static constexpr int kShortSeqlenK = L ? 2048 : 0;
 };
 template <typename E, bool L> struct FwdConfig<96, E, L> { using Traits = FwdTraits<96, 128, 2, E>; };
 template <typename E, bool L> struct FwdConfig<128, E, L> {

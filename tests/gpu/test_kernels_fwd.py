@@ -296,9 +296,9 @@ def test_masked_launches_reuse_their_tile_counters(backend):
             assert torch.equal(out, first) and torch.equal(lse, first_lse), f"launch {i + 2} differs"
 
 
-@pytest.mark.parametrize("Sk", [1024, 1025, 4097])
+@pytest.mark.parametrize("Sk", [2048, 2049, 4097])
 def test_head_dim_64_tile_shape_switch_with_a_mask(backend, Sk):
-    """With a mask, head dim 64 runs 128-row tiles up to 1024 keys and 192-row tiles beyond."""
+    """With a mask, head dim 64 runs 128-row tiles up to 2048 keys and 192-row tiles beyond."""
     check_case(backend, 1, 2, 1, 700, Sk, 64, causal=True, bottom_right=True)
     check_case(backend, 1, 2, 2, 300, Sk, 64, wl=1000, wr=0, bottom_right=True)
 
