@@ -284,7 +284,7 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
   }
   Tensor rP = make_tensor_like<Element>(acc_s);
   Tensor tOrP = make_tensor(rP.data(), acc_to_a_operand(rP.layout()));
-  copy(convert_type<Element>(acc_s), rP);
+  convert_into(acc_s, rP);
 
   if constexpr (!Schedule::kIntraWgOverlap) {  // ablation: S, softmax and P.V one after the other
     for (--n; n >= blocks.min; --n) {
@@ -306,7 +306,7 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
       Tensor s = prepare_scores(acc_s, n);
       softmax.template step<false>(s);
       softmax.rescale_output(acc_o_rc);
-      copy(convert_type<Element>(acc_s), rP);
+      convert_into(acc_s, rP);
     }
   } else {
     for (--n; n >= blocks.min; --n) {
@@ -329,7 +329,7 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
       pipeline_v.consumer_release(state_v);
       ++state_v;
       released_v(n + 1);
-      copy(convert_type<Element>(acc_s_next), rP);
+      convert_into(acc_s_next, rP);
     }
     softmax.rescale_output(acc_o_rc);
   }

@@ -17,6 +17,7 @@
 #include <cute/tensor.hpp>  // first: the atom headers below assume it
 #include <cute/atom/copy_traits_sm90_tma.hpp>
 #include <cute/atom/mma_traits_sm90_gmma.hpp>
+#include <cutlass/numeric_conversion.h>
 #include <cutlass/numeric_types.h>
 #include <cutlass/pipeline/sm90_pipeline.hpp>
 
@@ -87,6 +88,20 @@ CUTE_DEVICE void wgmma(TiledMma& tiled_mma, TA const& tCrA, TB const& tCrB, TC& 
   if constexpr (kWait >= 0) warpgroup_wait<kWait>();
   warpgroup_fence_operand(tCrC);
   if constexpr (kARegisters) warpgroup_fence_operand(const_cast<TA&>(tCrA));
+}
+
+// src converted into dst's own registers (same number of elements, same order).  Converting into
+// a temporary and copying that element by element made ptxas move every 16-bit half on its own
+// (a PRMT or LOP3 per element after each packed conversion, Nsight Compute of the SM90 forward).
+template <class EngineS, class LayoutS, class EngineD, class LayoutD>
+CUTE_DEVICE void convert_into(Tensor<EngineS, LayoutS> const& src, Tensor<EngineD, LayoutD>& dst) {
+  using From = typename EngineS::value_type;
+  using To = typename EngineD::value_type;
+  constexpr int N = decltype(size(src))::value;
+  static_assert(decltype(size(dst))::value == N);
+  cutlass::NumericArrayConverter<To, From, N> convert;
+  *reinterpret_cast<cutlass::Array<To, N>*>(dst.data()) =
+      convert(*reinterpret_cast<cutlass::Array<From, N> const*>(src.data()));
 }
 
 // A wgmma accumulator ((2, 2, V), MMA_M, MMA_N) seen as (rows, cols) = ((2, MMA_M), (2, V, MMA_N)):
