@@ -8,33 +8,19 @@ Kept as a script so that a profile of the main kernels is one command on the dev
 call under an NVTX range named after it (ncu --nvtx-include selects one side).
 """
 
-import argparse
-
 import torch
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.attention import sdpa_kernel
 
-from fa_inductor import kernels
-
-PEERS = {"flash": SDPBackend.FLASH_ATTENTION, "cudnn": SDPBackend.CUDNN_ATTENTION}
+from ncu_inputs import HEADS, PEERS, make_inputs, parse_args, peers
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--head-dim", type=int, default=128)
-    ap.add_argument("--seqlen", type=int, default=2048)
-    ap.add_argument("--causal", action="store_true")
-    ap.add_argument("--family", default=None, help="sm80 or sm90 (default: what the dispatcher picks)")
-    ap.add_argument("--peers", default="", help="comma-separated SDPA backends to run too: flash, cudnn")
-    args = ap.parse_args()
-    backend = kernels.get_backend(torch.device("cuda"))
-    if backend is None:
-        raise SystemExit(kernels.unavailable_reason("cuda"))
-    S, D, H = args.seqlen, args.head_dim, 16
-    B = max(1, 16384 // S)
-    q, k, v, do = (torch.randn(B, S, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2) for _ in range(4))
+    args = parse_args(__doc__.split("\n\n")[0])
+    inp = make_inputs(args, 4)
+    backend, B, S, D, scale = inp.backend, inp.B, inp.S, inp.D, inp.scale
+    q, k, v, do = inp.tensors
     out = torch.empty_like(q)
-    lse = torch.empty(B, H, S, device="cuda")
-    scale = D ** -0.5
+    lse = torch.empty(B, HEADS, S, device="cuda")
     backend.forward(q, k, v, scale, args.causal, False, -1, -1, 0.0, out, lse)
     family = args.family or backend.backward_family(q, v)
     grads = [torch.empty_like(t) for t in (q, k, v)]
@@ -42,7 +28,7 @@ def main() -> None:
         with torch.cuda.nvtx.range(f"ours_{family}"):
             backend.backward(do, q, k, v, out, lse, scale, args.causal, False, -1, -1, 0.0, *grads, False,
                              family=family)
-    for name in filter(None, args.peers.split(",")):
+    for name in peers(args):
         qq, kk, vv = (t.detach().requires_grad_() for t in (q, k, v))
         with sdpa_kernel(PEERS[name]):
             o = torch.nn.functional.scaled_dot_product_attention(qq, kk, vv, is_causal=args.causal, scale=scale)
@@ -51,7 +37,7 @@ def main() -> None:
                 torch.autograd.grad(o, (qq, kk, vv), do, retain_graph=True)
     torch.cuda.synchronize()
     print(f"backward: ours ({family}) and SDPA {args.peers or '(none)'} on {torch.cuda.get_device_name()}: "
-          f"B={B} H={H} S={S} D={D} causal={args.causal}")
+          f"B={B} H={HEADS} S={S} D={D} causal={args.causal}")
 
 
 if __name__ == "__main__":
