@@ -110,6 +110,18 @@ struct BwdConsumer {
   static constexpr int kHeadDim = Traits::kHeadDim;
   static constexpr bool kSplit = Traits::kSplitHeadDim;
 
+  // P and dS to 16 bits straight into the registers wgmma and the smem store read: an element-wise
+  // copy of convert_type's result makes ptxas move each 16-bit half on its own (PRMT/LOP3 chains).
+  // Not at head dim 128, where the converted arrays' lifetimes push ptxas to spill 76-80 bytes.
+  template <class Acc, class Frag>
+  CUTE_DEVICE static void to_operand(Acc const& acc, Frag& frag) {
+    if constexpr (kHeadDim == 128) {
+      copy(convert_type<Element>(acc), frag);
+    } else {
+      convert_into(acc, frag);
+    }
+  }
+
   BwdArgs<Traits> const& args;
   typename Traits::SharedStorage& smem;
   int warpgroup, thread;
@@ -272,14 +284,14 @@ struct BwdConsumer {
         }
 
         Tensor rP = make_tensor_like<Element>(acc_s);
-        copy(convert_type<Element>(acc_s), rP);
+        to_operand(acc_s, rP);
         if constexpr (!kSplit) {
           Tensor tdVrP = make_tensor(rP.data(), acc_to_a_operand(rP.layout()));
           wgmma<false, -1>(mma_dkv, tdVrP, tdVrdOt(_, _, _, state_do.index()), acc_dv);
         }
 
         Tensor rdS = make_tensor_like<Element>(acc_dp);
-        copy(convert_type<Element>(acc_dp), rdS);
+        to_operand(acc_dp, rdS);
         // dS^T into this tile's buffer: the other buffer may still be read by the previous dQ of
         // a slower warp, this one was last read two tiles ago, before the barrier below.  With
         // kSplitHeadDim P^T goes the same way (both warpgroups read both halves of each).
