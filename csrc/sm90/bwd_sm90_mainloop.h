@@ -112,10 +112,11 @@ struct BwdConsumer {
 
   // P and dS to 16 bits straight into the registers wgmma and the smem store read: an element-wise
   // copy of convert_type's result makes ptxas move each 16-bit half on its own (PRMT/LOP3 chains).
-  // Not at head dim 128, where the converted arrays' lifetimes push ptxas to spill 76-80 bytes.
+  // Not in the head dim 128 softcap instances, which then spill 48-80 bytes (the others 20-28, as
+  // with the copy; 6-9% faster main kernel at head dim 128, ab_h100_sm90_bwd_convert_into_d128.json).
   template <class Acc, class Frag>
   CUTE_DEVICE static void to_operand(Acc const& acc, Frag& frag) {
-    if constexpr (kHeadDim == 128) {
+    if constexpr (kHeadDim == 128 && Is_softcap) {
       copy(convert_type<Element>(acc), frag);
     } else {
       convert_into(acc, frag);
