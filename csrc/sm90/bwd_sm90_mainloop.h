@@ -155,9 +155,16 @@ struct BwdConsumer {
       return local_tile(t, Shape<Int<Traits::kDkvCols>, Int<kBlockM>, Int<kStages>>{}, make_coord(warpgroup * kSplit, _0{}, _0{}));
     };
 
-    Tensor tSrK = thr_sdp.partition_fragment_A(sK);
+    // K and V as the A operands of S^T and dP^T: shared-memory descriptors, or with
+    // kKVInRegisters this thread's elements, read once for all the CTA's query tiles.
+    auto kv_operand = [&](auto const& s) {
+      Tensor frag = thr_sdp.partition_fragment_A(s);
+      if constexpr (Traits::kKVInRegisters) copy(thr_sdp.partition_A(s), frag);
+      return frag;
+    };
+    Tensor tSrK = kv_operand(sK);
     Tensor tSrQ = thr_sdp.partition_fragment_B(queries_of(sQ));  // (MMA, MMA_N, MMA_K, stage)
-    Tensor tdPrV = thr_sdp.partition_fragment_A(sV);
+    Tensor tdPrV = kv_operand(sV);
     Tensor tdPrdO = thr_sdp.partition_fragment_B(queries_of(sdO));
     Tensor tdVrdOt = thr_dkv.partition_fragment_B(columns_of(sdOt));
     Tensor tdKrQt = thr_dkv.partition_fragment_B(columns_of(sQt));

@@ -64,9 +64,19 @@ struct BwdTraits {
                 "setmaxnreg cannot hand out more registers than the CTA was launched with");
   static_assert(kHeadDim % 32 == 0 && kHeadDim <= 256, "head dims 64..256 in steps of 32");
 
+  // Head dim 64: a warpgroup's K and V (64 x 64, 16 registers per thread each) stay in registers
+  // as the A operands of S^T and dP^T, so that those products read only Q and dO from shared
+  // memory.  A 64 x 64 x 16 product with both operands there reads 4 KB in the 32 cycles of its
+  // math, the SM's whole shared-memory bandwidth.  Wider head dims have no registers to spare
+  // beside dK and dV.
+  static constexpr bool kKVInRegisters = kHeadDim == 64;
   // (keys, queries, head dim): S^T and dP^T.
-  using TiledMmaSdP = decltype(make_tiled_mma(GMMA::ss_op_selector<
-      Element, Element, ElementAccum, Shape<Int<kKeysPerWarpgroup>, Int<kQueriesPerWarpgroup>, Int<kHeadDim>>>()));
+  using TiledMmaSdP = decltype(make_tiled_mma(std::conditional_t<
+      kKVInRegisters,
+      decltype(GMMA::rs_op_selector<Element, Element, ElementAccum,
+                                    Shape<Int<kKeysPerWarpgroup>, Int<kQueriesPerWarpgroup>, Int<kHeadDim>>>()),
+      decltype(GMMA::ss_op_selector<Element, Element, ElementAccum,
+                                    Shape<Int<kKeysPerWarpgroup>, Int<kQueriesPerWarpgroup>, Int<kHeadDim>>>())>{}));
   // (keys, head dim columns, queries): dV += P^T dO and dK += dS^T Q; dO and Q read transposed.
   // P^T and dS^T from registers, or with kSplitHeadDim from shared memory (both halves).
   using TiledMmadKV = decltype(make_tiled_mma(std::conditional_t<
