@@ -36,9 +36,11 @@ using namespace cute;
 // Three Q/dO pipeline stages (two tiles loading while one is computed).  Measured against two on
 // an H100 (bwd_quick.py, 16k tokens, two leases, 2026-11-23): head dim 64 faster at all ten points
 // (+1% to +8%), 96 and 128 between -9% and +8%, as noisy as the peers' own run-to-run spread.  At
-// head dim 128 the three stages leave 1 KB of the 227 KB (the static_assert below).
+// head dim 128 the three stages leave 1 KB of the 227 KB (the static_assert below).  Head dim 64
+// takes four (1.009-1.017x at all six points of a same-lease A/B, 2026-11-24,
+// ab_h100_sm90_bwd_d64_stages.json; five gave the same).
 // Head dims over 128 take two stages: 2 x (Q + dO) tiles of 64 x 256 are 128 KB.
-template <int kHeadDim_, typename Element_, int kStages_ = (kHeadDim_ > 128 ? 2 : 3)>
+template <int kHeadDim_, typename Element_, int kStages_ = (kHeadDim_ > 128 ? 2 : kHeadDim_ == 64 ? 4 : 3)>
 struct BwdTraits {
   using Element = Element_;
   using ElementAccum = float;
