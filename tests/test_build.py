@@ -195,6 +195,13 @@ def test_sm90_backward_uses_wgmma_and_tma(sm90_build):
         else:
             assert "UBLKRED" in body, f"{name}: no bulk reduce-add of dQ"
             assert "REDG" not in body, f"{name}: dQ added by per-thread atomics"
+        # S^T = K Q^T and dP^T = V dO^T with K and V from registers (A operand a register, B a
+        # descriptor read untransposed): head dim 64 only (BwdTraits::kKVInRegisters).
+        kv_in_registers = re.findall(r"HGMMA\.64x64x16\.F32(?:\.\w+)? R\d+, R\d+, gdesc\[UR\d+\], ", body)
+        if "BwdTraitsILi64E" in name:
+            assert len(kv_in_registers) >= 8, f"{name}: S^T and dP^T do not read K and V from registers"
+        else:
+            assert not kv_in_registers, f"{name}: K or V read from registers"
     # A few bytes spill: loop state of the producer warpgroup (24 registers) outside its loads,
     # and at head dim 128 a word or two of the consumers' (dK, dV, dQ accumulators).  Bounded
     # so that growth shows up (see benchmarks/results/sm90_bwd_h100.md).  40 bytes in the head
