@@ -73,12 +73,10 @@ struct BwdTraits {
   // beside dK and dV.
   static constexpr bool kKVInRegisters = kHeadDim == 64;
   // (keys, queries, head dim): S^T and dP^T.
+  using TileSdP = Shape<Int<kKeysPerWarpgroup>, Int<kQueriesPerWarpgroup>, Int<kHeadDim>>;
   using TiledMmaSdP = decltype(make_tiled_mma(std::conditional_t<
-      kKVInRegisters,
-      decltype(GMMA::rs_op_selector<Element, Element, ElementAccum,
-                                    Shape<Int<kKeysPerWarpgroup>, Int<kQueriesPerWarpgroup>, Int<kHeadDim>>>()),
-      decltype(GMMA::ss_op_selector<Element, Element, ElementAccum,
-                                    Shape<Int<kKeysPerWarpgroup>, Int<kQueriesPerWarpgroup>, Int<kHeadDim>>>())>{}));
+      kKVInRegisters, decltype(GMMA::rs_op_selector<Element, Element, ElementAccum, TileSdP>()),
+      decltype(GMMA::ss_op_selector<Element, Element, ElementAccum, TileSdP>())>{}));
   // (keys, head dim columns, queries): dV += P^T dO and dK += dS^T Q; dO and Q read transposed.
   // P^T and dS^T from registers, or with kSplitHeadDim from shared memory (both halves).
   using TiledMmadKV = decltype(make_tiled_mma(std::conditional_t<
