@@ -207,6 +207,7 @@ struct BwdConsumer {
 
     typename Traits::PipelineState state_q, state_do;
     int buffer = 0;
+    int dq_tile = 0;  // this CTA's tiles so far, for the dQ staging buffers
     for (int h = 0; h < group; ++h) {
       for (int m_block = range.min; m_block < range.max; ++m_block, buffer ^= 1) {
         const int m0 = m_block * kBlockM + query_first;  // this warpgroup's first query row
@@ -331,7 +332,7 @@ struct BwdConsumer {
         if constexpr (Traits::kDqAtomic) {
           add_dq(acc_dq, batch, head_kv * group + h, m_block);
         } else {
-          stage_dq(acc_dq, /*first_tile=*/h == 0 && m_block == range.min);
+          stage_dq(acc_dq, dq_tile++);
         }
         warpgroup_wait<0>();  // Q and dO are no longer read
         pipeline_q.consumer_release(state_q);
@@ -342,21 +343,25 @@ struct BwdConsumer {
     }
   }
 
-  // dQ of this tile into the warpgroup's shared buffer in the dQ fragment order (values 4j..4j+3 of
-  // thread t at float4 j * 128 + t, which the conversion kernel maps back; each warp's stores cover
-  // 512 contiguous bytes), then handed to the writer warp.  The buffer is free again once the
-  // writer's bulk reduce of the previous tile has read it.
+  // dQ of this CTA's tile number `tile` into one of the warpgroup's shared buffers in the dQ
+  // fragment order (values 4j..4j+3 of thread t at float4 j * 128 + t, which the conversion kernel
+  // maps back; each warp's stores cover 512 contiguous bytes), then handed to the writer warp.  A
+  // buffer is free again once the writer's bulk reduce of the tile kDqBuffers earlier has read it.
   template <class AccdQ>
-  CUTE_DEVICE void stage_dq(AccdQ const& acc_dq, bool first_tile) const {
+  CUTE_DEVICE void stage_dq(AccdQ const& acc_dq, int tile) const {
     static_assert(decltype(size(acc_dq))::value * 128 == Traits::kDqPart);
-    if (!first_tile) named_barrier_sync(BwdBarriers::dq_empty(warpgroup), BwdBarriers::kDqHandoffThreads);
-    float4* dst = reinterpret_cast<float4*>(smem.dq.data() + warpgroup * Traits::kDqPart) + thread;
+    const int b = tile % Traits::kDqBuffers;
+    if (tile >= Traits::kDqBuffers) {
+      named_barrier_sync(BwdBarriers::dq_empty(warpgroup, b), BwdBarriers::kDqHandoffThreads);
+    }
+    float* part = smem.dq.data() + (b * Traits::kConsumerWarpgroups + warpgroup) * Traits::kDqPart;
+    float4* dst = reinterpret_cast<float4*>(part) + thread;
     CUTE_UNROLL
     for (int j = 0; j < size(acc_dq) / 4; ++j) {
       dst[j * 128] = make_float4(acc_dq(4 * j), acc_dq(4 * j + 1), acc_dq(4 * j + 2), acc_dq(4 * j + 3));
     }
     cutlass::arch::fence_view_async_shared();  // generic-proxy writes, read by the bulk reduce
-    named_barrier_arrive(BwdBarriers::dq_full(warpgroup), BwdBarriers::kDqHandoffThreads);
+    named_barrier_arrive(BwdBarriers::dq_full(warpgroup, b), BwdBarriers::kDqHandoffThreads);
   }
 
   // kDqAtomic: the same fragment order, added straight into dq_accum's tile with one 16-byte
@@ -407,15 +412,20 @@ struct BwdDqWriter {
     const int n_blocks = (args.seqlen_k + Traits::kBlockN - 1) / Traits::kBlockN;
     const int shared_start =
         n_block + 1 < n_blocks ? query_blocks<Traits, Is_local>(args, n_block + 1).min : INT_MAX;
+    // Tile t (counted over the CTA, as the consumers count) is staged in buffer t % kBuffers; once
+    // tile t's reduces are issued, those of tile t - (kBuffers - 1) have read their buffer (at most
+    // kBuffers - 1 bulk groups left in flight), the one tile t + 1 takes.
+    constexpr int kBuffers = Traits::kDqBuffers;
+    int buffer = 0;  // t % kBuffers
 #pragma unroll 1
     for (int h = 0; h < group; ++h, head_tile += head_step) {
       float* dst = head_tile;
 #pragma unroll 1
-      for (int b = 0; b < blocks; ++b, dst += kTile) {
+      for (int b = 0; b < blocks; ++b, dst += kTile, buffer = (buffer + 1) % kBuffers) {
         int* semaphore = nullptr;  // per (batch, query head, query tile)
         CUTE_UNROLL
         for (int w = 0; w < kWarpgroups; ++w) {
-          named_barrier_sync(BwdBarriers::dq_full(w), BwdBarriers::kDqHandoffThreads);
+          named_barrier_sync(BwdBarriers::dq_full(w, buffer), BwdBarriers::kDqHandoffThreads);
           if (lane == 0) {
             if (w == 0 && args.dq_semaphore != nullptr) {
               const int m = range.min + b;
@@ -423,8 +433,8 @@ struct BwdDqWriter {
                                                   (args.seqlen_q_rounded / Traits::kBlockM) + m;
               if (m >= shared_start) wait_flag_equal(semaphore, n_block + 2);
             }
-            bulk_reduce_add(dst + (Traits::kDqSplit ? w * kPart : 0), smem.dq.data() + w * kPart,
-                            kPart * int(sizeof(float)));
+            bulk_reduce_add(dst + (Traits::kDqSplit ? w * kPart : 0),
+                            smem.dq.data() + (buffer * kWarpgroups + w) * kPart, kPart * int(sizeof(float)));
           }
         }
         if (lane == 0) {
@@ -433,15 +443,17 @@ struct BwdDqWriter {
             bulk_wait_complete();  // the adds themselves, before the next key block's
             release_flag_store(semaphore, n_block + 1);
           } else {
-            tma_store_wait<0>();  // until they have read shared memory
+            tma_store_wait<kBuffers - 1>();  // until tile t - (kBuffers - 1)'s have read shared memory
           }
         }
         __syncwarp();
-        const bool last_tile = h + 1 == group && b + 1 == blocks;  // the consumers wait for no more
-        if (!last_tile) {
+        // Tile t - (kBuffers - 1), if there is one, frees its buffer for tile t + 1, if there is one.
+        const bool read_one = h > 0 || b >= kBuffers - 1;
+        const bool last_tile = h + 1 == group && b + 1 == blocks;
+        if (read_one && !last_tile) {
           CUTE_UNROLL
           for (int w = 0; w < kWarpgroups; ++w) {
-            named_barrier_arrive(BwdBarriers::dq_empty(w), BwdBarriers::kDqHandoffThreads);
+            named_barrier_arrive(BwdBarriers::dq_empty(w, (buffer + 1) % kBuffers), BwdBarriers::kDqHandoffThreads);
           }
         }
       }

@@ -96,6 +96,10 @@ struct BwdTraits {
   static constexpr int kDqPart = kBlockM * kDqCols;  // fp32 elements of dQ one warpgroup adds per tile
   // dQ added by each consumer thread's vector atomics, not staged for the writer warp's bulk reduce.
   static constexpr bool kDqAtomic = kHeadDim > 192;
+  // Staging buffers per warpgroup: with two, a tile's dQ is stored while the writer's reduce of the
+  // previous tile still reads the other (head dim 64, where the smem is there; a single buffer
+  // made the store wait for that reduce).
+  static constexpr int kDqBuffers = kHeadDim == 64 ? 2 : 1;
   using TiledMmadQ = decltype(make_tiled_mma(
       GMMA::ss_op_selector<Element, Element, ElementAccum, Shape<Int<kBlockM>, Int<kDqCols>, Int<kKeysPerWarpgroup>>,
                            GMMA::Major::MN, GMMA::Major::MN>()));
@@ -160,7 +164,7 @@ struct BwdTraits {
     cute::array_aligned<Element, cosize_v<SmemLayoutdS>, 1024> ds[kKVTiles];
     Buffer<Element, kSplitHeadDim ? cosize_v<SmemLayoutPt> : 0, 1024> pt;
     // Each warpgroup's dQ of the current tile, in the dQ fragment order of dq_accum.
-    Buffer<float, kDqAtomic ? 0 : kDqPart * kConsumerWarpgroups, 128> dq;
+    Buffer<float, kDqAtomic ? 0 : kDqPart * kConsumerWarpgroups * kDqBuffers, 128> dq;
     cute::array_aligned<float, kBlockM * kStages, 16> lse_log2;
     cute::array_aligned<float, kBlockM * kStages, 16> dsum;
     alignas(16) uint64_t barrier_kv;
@@ -178,8 +182,9 @@ struct BwdBarriers {
   static constexpr int kDqHandoffThreads = 128 + 32;
   CUTE_HOST_DEVICE static constexpr int warpgroup(int w) { return 1 + w; }
   static constexpr int kBothWarpgroups = 3;
-  CUTE_HOST_DEVICE static constexpr int dq_full(int w) { return 4 + w; }
-  CUTE_HOST_DEVICE static constexpr int dq_empty(int w) { return 6 + w; }
+  // Per warpgroup and staging buffer: ids 4-7, and 8-11 for the second buffer.
+  CUTE_HOST_DEVICE static constexpr int dq_full(int w, int buffer = 0) { return 4 + w + 4 * buffer; }
+  CUTE_HOST_DEVICE static constexpr int dq_empty(int w, int buffer = 0) { return 6 + w + 4 * buffer; }
 };
 
 // Everything the kernel reads, as one __grid_constant__ argument.
