@@ -1,5 +1,6 @@
 // Tile shape per head dim: 128 query rows per CTA (two consumer warpgroups of 64; three, 192 rows,
-// for head dim 64, whose softmax is as long as its products), K/V tiles as wide as the registers
+// for head dim 64, whose softmax is as long as its products; one, two CTAs per SM, for short
+// sequences at head dims 64 and 128), K/V tiles as wide as the registers
 // of a consumer thread allow (the next S, P and O live at once), two pipeline stages, all within an
 // SM90 CTA's 227 KB of shared memory.  Without a mask wider key
 // tiles amortise each block's fixed costs (row max shuffles, barriers); with a causal or window
@@ -12,27 +13,30 @@
 
 namespace fa::sm90 {
 
-// ShortTraits replace Traits up to kShortSeqlenK keys.  Head dim 64 with a mask: with few keys
-// the 192-row tiles spend much of their work on the diagonal (measured on H100, causal, 16k
-// tokens: 128-row tiles 5% faster at 512 keys and 8% at 1k, 5-6% slower at 2k-4k; without a mask
-// 192 rows stay ahead, level at 512-1k and 6-10% faster from 2k).  Since the 128-row tiles of a
-// masked launch come from the dynamic scheduler (and the 192-row ones still a CTA each), they are
-// 4.7% faster at 2k too, level at 4k, 6% slower at 8k-16k (same-lease A/B,
-// benchmarks/results/ab_h100_sm90_d64_short_tiles_dynamic.json).  Head dim 128 without a mask:
-// 128-key tiles up to 8k keys (H100, 16k tokens: 5% faster at 512, 2% at 1k, about 1% at 2k-8k,
-// level at 8448 = 48 x 176 and 1% slower at 16k), where 176-key ones lose more to the partial
-// last block and per-tile fixed costs than they gain per block.
+// ShortTraits replace Traits up to kShortSeqlenK keys.  Head dim 64: with few keys the 192-row
+// tiles spend much of their work on the diagonal or on per-tile costs; single-warpgroup tiles of 64
+// rows, two CTAs per SM, hide one CTA's tile start and end under the other's products.  Against
+// the 128-row masked tiles before them (same-lease A/B, H100, 16k tokens, main kernel,
+// benchmarks/results/ab_h100_sm90_fwd_1wg.json): causal 1.11x at 512 keys, 1.08x at 1k, 1.06x at
+// 2k; without a mask, against the 192-row tiles, 1.04x at 512 but 0.99x at 1k and 0.89x at 2k.
+// (The 128-row masked tiles had replaced the 192-row ones up to 2k: 5-8% faster at 512-1k and,
+// taken from the dynamic scheduler, 4.7% at 2k, ab_h100_sm90_d64_short_tiles_dynamic.json.)
+// Head dim 128 without a mask: 128-key tiles up to 8k keys (H100, 16k tokens: 5% faster at 512,
+// 2% at 1k, about 1% at 2k-8k, level at 8448 = 48 x 176 and 1% slower at 16k), where 176-key ones
+// lose more to the partial last block and per-tile fixed costs than they gain per block.  With a
+// mask, single-warpgroup tiles of 64 x 64 (the registers of two CTAs per SM allow no wider key
+// tile beside a 64 x 128 output) gain only at 512 keys (1.05x; 0.95x at 1k, 0.84x at 2k).
 template <int kHeadDim, typename Element, bool Is_local> struct FwdConfig;
 template <typename E, bool L> struct FwdConfig<64, E, L> {
   using Traits = FwdTraits<64, 128, 2, E, 3>;
-  using ShortTraits = std::conditional_t<L, FwdTraits<64, 128, 2, E, 2>, Traits>;
-  static constexpr int kShortSeqlenK = L ? 2048 : 0;
+  using ShortTraits = FwdTraits<64, 128, 2, E, 1>;
+  static constexpr int kShortSeqlenK = L ? 2048 : 512;
 };
 template <typename E, bool L> struct FwdConfig<96, E, L> { using Traits = FwdTraits<96, 128, 2, E>; };
 template <typename E, bool L> struct FwdConfig<128, E, L> {
   using Traits = FwdTraits<128, L ? 128 : 176, 2, E>;
-  using ShortTraits = FwdTraits<128, 128, 2, E>;
-  static constexpr int kShortSeqlenK = L ? 0 : 8192;
+  using ShortTraits = std::conditional_t<L, FwdTraits<128, 64, 2, E, 1>, FwdTraits<128, 128, 2, E>>;
+  static constexpr int kShortSeqlenK = L ? 512 : 8192;
 };
 template <typename E, bool L> struct FwdConfig<192, E, L> { using Traits = FwdTraits<192, 96, 2, E>; };
 template <typename E, bool L> struct FwdConfig<256, E, L> { using Traits = FwdTraits<256, 80, 2, E>; };

@@ -1,4 +1,4 @@
-// The SM90 forward kernel: persistent (one CTA per SM walks the tiles TileScheduler hands it:
+// The SM90 forward kernel: persistent (one CTA per SM, two for single-warpgroup tiles, walks the tiles TileScheduler hands it:
 // in turn without a mask, from an atomic counter with one) and warp-specialised (one producer
 // warpgroup issuing TMA loads, consumer warpgroups running wgmma and the softmax), registers moved
 // from the producer to the consumers with setmaxnreg.
@@ -25,7 +25,7 @@ constexpr int kernel_threads() {
 }
 
 template <class Traits, class Schedule, bool Is_local, bool Is_softcap>
-__global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), 1)
+__global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), Traits::kCtasPerSm)
     fa_fwd_sm90_kernel(CUTE_GRID_CONSTANT FwdArgs<Traits> const args) {
   using SharedStorage = typename Traits::SharedStorage;
   using Pipeline = typename Traits::Pipeline;

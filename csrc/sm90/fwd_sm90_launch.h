@@ -59,13 +59,15 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
                    " bytes of shared memory: " + cudaGetErrorString(err));
     return FA_ERR_CUDA;
   }
-  // One CTA per SM (each takes a whole SM's shared memory) walking the tiles, so that the next
-  // tile's loads run under the current one's epilogue; see TileScheduler for who takes which.
+  // One CTA per SM (each takes a whole SM's shared memory; two for single-warpgroup tiles) walking
+  // the tiles, so that the next tile's loads run under the current one's epilogue; see
+  // TileScheduler for who takes which.
   const int64_t tiles = int64_t((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * p.heads_q * p.batch;
   FA_REQUIRE(tiles < (int64_t(1) << 31), FA_ERR_UNSUPPORTED, "fa_fwd_sm90: more than 2^31 query tiles");
   int sms = 0;
   if (int status = multiprocessor_count(sms); status != FA_OK) return status;
-  int grid = int(tiles) < sms ? int(tiles) : sms;
+  const int slots = sms * Traits::kCtasPerSm;
+  int grid = int(tiles) < slots ? int(tiles) : slots;
   if constexpr (Is_local) {
     const int m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
     if (int status = masked_grid_order<fa_fwd_sm90_kernel<Traits, Schedule, Is_local, Is_softcap>>(

@@ -232,20 +232,21 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
   Tensor acc_o_rc = make_tensor(acc_o.data(), acc_to_rowcol(acc_o.layout()));
 
   constexpr int kWarpgroups = Traits::kConsumerWarpgroups;
+  // Without ping-pong (an ablation, or a single warpgroup) the warpgroups issue whenever they are ready.
+  constexpr bool kPingPong = Schedule::kPingPong && kWarpgroups > 1;
   const int sched_mine = sched_barrier(warpgroup);
   const int sched_next = sched_barrier((warpgroup + 1) % kWarpgroups);
   constexpr int kSchedThreads = 2 * 128;  // the waiting warpgroup and the one releasing it
-  // Without ping-pong (an ablation) both warpgroups issue whenever they are ready.
   auto sched_wait = [&] {
-    if constexpr (Schedule::kPingPong) named_barrier_sync(sched_mine, kSchedThreads);
+    if constexpr (kPingPong) named_barrier_sync(sched_mine, kSchedThreads);
   };
   // The last warpgroup gives the first an extra turn at the start, so it skips its last release.
   auto sched_release = [&](bool last) {
-    if constexpr (Schedule::kPingPong) {
+    if constexpr (kPingPong) {
       if (!(last && warpgroup == kWarpgroups - 1)) named_barrier_arrive(sched_next, kSchedThreads);
     }
   };
-  if constexpr (Schedule::kPingPong) {
+  if constexpr (kPingPong) {
     if (warpgroup == kWarpgroups - 1) named_barrier_arrive(sched_barrier(0), kSchedThreads);
   }
 

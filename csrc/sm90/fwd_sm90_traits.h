@@ -26,27 +26,37 @@ struct FwdTraits {
   static constexpr int kStages = kStages_;
   static constexpr int kRowsPerWarpgroup = 64;  // one wgmma M extent
   static constexpr int kConsumerWarpgroups = kConsumerWarpgroups_;
-  static_assert(kConsumerWarpgroups == 2 || kConsumerWarpgroups == 3);
+  static_assert(kConsumerWarpgroups >= 1 && kConsumerWarpgroups <= 3);
   static constexpr int kBlockM = kRowsPerWarpgroup * kConsumerWarpgroups;
   static constexpr int kConsumerThreads = 128 * kConsumerWarpgroups;
   static constexpr int kThreads = 128 + kConsumerThreads;  // producer warpgroup first
+  // A single consumer warpgroup cannot take turns with another of its CTA, so two such CTAs share
+  // an SM: one's tile starts (Q, the first S product) and ends (the output store) under the other's
+  // products, which is what short tiles lack.
+  static constexpr int kCtasPerSm = kConsumerWarpgroups == 1 ? 2 : 1;
   // The producer needs a handful of registers; consumers hold S, P and O accumulators and take
   // what the producer gives up (setmaxnreg_fits).  Taking tiles
-  // from the dynamic scheduler (masked launches with two consumer warpgroups up to head dim 128,
-  // see TileScheduler) the producer's loop also holds the mask's and the tile order's values and
+  // from the dynamic scheduler (masked launches with one or two consumer warpgroups up to head dim
+  // 128, see TileScheduler) the producer's loop also holds the mask's and the tile order's values and
   // the counter: 16 registers more for it, 8 fewer per consumer thread (with fewer it spilled about
   // 190 bytes at head dim 128).  Wider head dims and three consumer warpgroups have none to spare
   // (with them 1-3% and 19-34% slower on an H100, sm90_fwd_h100.md), nor head dim 96 (its
   // consumers spill 4-16 bytes at 232): those keep a CTA per masked tile.
-  static constexpr bool kDynamicWhenMasked = kConsumerWarpgroups == 2 && (kHeadDim == 64 || kHeadDim == 128);
+  static constexpr bool kDynamicWhenMasked = kConsumerWarpgroups <= 2 && (kHeadDim == 64 || kHeadDim == 128);
   template <bool Dynamic>
   static constexpr int kProducerRegisters = Dynamic ? 40 : 24;
+  // One consumer warpgroup: two CTAs of 256 threads share the register file (128 each at launch).
   template <bool Dynamic>
-  static constexpr int kConsumerRegisters = kConsumerWarpgroups == 2 ? (Dynamic ? 232 : 240) : 160;
+  static constexpr int kConsumerRegisters =
+      kConsumerWarpgroups == 1 ? 256 - kProducerRegisters<Dynamic>
+                               : (kConsumerWarpgroups == 2 ? (Dynamic ? 232 : 240) : 160);
   static_assert(setmaxnreg_fits(kProducerRegisters<false>, kConsumerThreads, kConsumerRegisters<false>) &&
                     setmaxnreg_fits(kProducerRegisters<kDynamicWhenMasked>, kConsumerThreads,
                                     kConsumerRegisters<kDynamicWhenMasked>),
                 "setmaxnreg cannot hand out more registers than the CTA was launched with");
+  static_assert(kCtasPerSm == 1 || (kProducerRegisters<false> + kConsumerRegisters<false> <= 256 &&
+                                    kProducerRegisters<true> + kConsumerRegisters<true> <= 256),
+                "two CTAs per SM: 128 registers per thread on average");
   static_assert(kHeadDim % 32 == 0 && kBlockN % 16 == 0);
 
   using TileQK = Shape<Int<kRowsPerWarpgroup>, Int<kBlockN>, Int<kHeadDim>>;  // S = Q.K^T
@@ -101,13 +111,15 @@ struct FwdTraits {
   // done, so the next tile's Q loads under the last P.V and the epilogue instead of after the
   // output store has read its staging (a wait per tile, which weighs most where tiles have few key
   // blocks).  Otherwise (head dims 192 and 256, 176-key tiles) the output is staged over Q.
-  static constexpr bool kSeparateO = sizeof(SharedStorageWithO) <= 227 * 1024;
+  // An SM's 228 KB less 1 KB the hardware reserves per CTA.
+  static constexpr int kSmemLimit = (228 / kCtasPerSm - 1) * 1024;
+  static constexpr bool kSeparateO = sizeof(SharedStorageWithO) <= kSmemLimit;
   using SharedStorage = std::conditional_t<kSeparateO, SharedStorageWithO, SharedStorageStagedOverQ>;
   // Arrivals that free Q: every consumer thread after its last S product, or each warpgroup's
   // storing thread once the store has read the output staged over Q.
   static constexpr int kQFreeArrivals = kSeparateO ? kConsumerThreads : kConsumerWarpgroups;
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
-  static_assert(kSmemBytes <= 227 * 1024, "tile does not fit in an SM90 CTA's shared memory");
+  static_assert(kSmemBytes <= kSmemLimit, "tile does not fit in its share of an SM90 SM's shared memory");
 };
 
 // Which of FlashAttention-3's scheduling ideas a kernel instance uses (all of them, except in the

@@ -232,7 +232,9 @@ def test_under_compute_sanitizer(backend, tmp_path, tool_name):
         from fa_inductor import kernels
         b = kernels.get_backend(torch.device("cuda"))
         assert b is not None, kernels.unavailable_reason("cuda")
-        for causal, Sq, Sk in ((False, 70, 130), (True, 130, 70)):
+        # On SM90: single-warpgroup tiles (two CTAs per SM) for the short ones, 192-row tiles for
+        # the third.
+        for causal, Sq, Sk in ((False, 70, 130), (True, 130, 70), (False, 70, 600)):
             q = torch.randn(1, Sq, 2, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
             k = torch.randn(1, Sk, 1, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
             v = torch.randn(1, Sk, 1, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
@@ -298,9 +300,26 @@ def test_masked_launches_reuse_their_tile_counters(backend):
 
 @pytest.mark.parametrize("Sk", [2048, 2049, 4097])
 def test_head_dim_64_tile_shape_switch_with_a_mask(backend, Sk):
-    """With a mask, head dim 64 runs 128-row tiles up to 2048 keys and 192-row tiles beyond."""
+    """With a mask, head dim 64 runs 64-row tiles (two CTAs per SM) up to 2048 keys and 192-row
+    tiles beyond."""
     check_case(backend, 1, 2, 1, 700, Sk, 64, causal=True, bottom_right=True)
     check_case(backend, 1, 2, 2, 300, Sk, 64, wl=1000, wr=0, bottom_right=True)
+
+
+@pytest.mark.parametrize("Sk", [511, 512, 513])
+def test_head_dim_64_tile_shape_switch_without_a_mask(backend, Sk):
+    """Without a mask, head dim 64 runs 64-row tiles up to 512 keys and 192-row tiles beyond; more
+    tiles than the two CTAs per SM take in one wave."""
+    check_case(backend, 4, 40, 8, 500, Sk, 64)
+    check_case(backend, 1, 2, 2, 129, Sk, 64, softcap=20.0)
+
+
+@pytest.mark.parametrize("Sk", [511, 512, 513])
+def test_head_dim_128_tile_shape_switch_with_a_mask(backend, Sk):
+    """With a mask, head dim 128 runs 64 x 64 tiles (two CTAs per SM) up to 512 keys and 128 x 128
+    tiles beyond."""
+    check_case(backend, 4, 40, 8, 500, Sk, 128, causal=True, bottom_right=True)
+    check_case(backend, 1, 2, 2, 300, Sk, 128, wl=100, wr=0, softcap=20.0)
 
 
 @pytest.mark.parametrize("Sk", [8191, 8192, 8193])
