@@ -40,7 +40,9 @@ using namespace cute;
 // takes four (1.009-1.017x at all six points of a same-lease A/B, 2026-11-24,
 // ab_h100_sm90_bwd_d64_stages.json; five gave the same).
 // Head dims over 128 take two stages: 2 x (Q + dO) tiles of 64 x 256 are 128 KB.
-template <int kHeadDim_, typename Element_, int kStages_ = (kHeadDim_ > 128 ? 2 : kHeadDim_ == 64 ? 4 : 3)>
+// kDqSplit64: head dim 64 splits dQ's columns between the warpgroups (see kDqSplit).
+template <int kHeadDim_, typename Element_, int kStages_ = (kHeadDim_ > 128 ? 2 : kHeadDim_ == 64 ? 4 : 3),
+          bool kDqSplit64_ = false>
 struct BwdTraits {
   using Element = Element_;
   using ElementAccum = float;
@@ -89,9 +91,13 @@ struct BwdTraits {
   // head dim of 128 each warpgroup computes half of dQ's columns over all 128 keys (both
   // warpgroups' dS), so every dQ element is added to dq_accum once, not once per warpgroup: half
   // the reduce-add traffic into L2, for a barrier between the warpgroups per tile.  A half is one
-  // 64-column atom of the 128-byte swizzle; the halves of smaller head dims would cut through an atom.
+  // 64-column atom of the 128-byte swizzle (head dim 64's halves take 64-byte swizzled rows, below;
+  // head dim 96's 48 columns fit neither).
   // With kSplitHeadDim the warpgroups split every product's columns this way.
-  static constexpr bool kDqSplit = kHeadDim == 128 || kSplitHeadDim;
+  // Head dim 64 splits too where asked (kDqSplit64_: the launches without a mask, see run_bwd),
+  // into 32-column halves; those are whole atoms of K^T only with 64-byte swizzled rows, which K
+  // (and V beside it) then take (SmemAtomKV).
+  static constexpr bool kDqSplit = (kHeadDim == 64 && kDqSplit64_) || kHeadDim == 128 || kSplitHeadDim;
   static constexpr int kDqCols = kDqSplit ? kHeadDim / kConsumerWarpgroups : kHeadDim;
   static constexpr int kDqPart = kBlockM * kDqCols;  // fp32 elements of dQ one warpgroup adds per tile
   // dQ added by each consumer thread's vector atomics, not staged for the writer warp's bulk reduce.
@@ -113,7 +119,8 @@ struct BwdTraits {
   using SmemLayoutQt = decltype(composition(
       SmemLayoutQ{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockM>, Int<kStages>>{}, Step<_2, _1, _3>{})));
   // A warpgroup's K or V: (keys, head dim); K transposed (head dim, keys).
-  using SmemLayoutK = decltype(tile_to_shape(SmemAtom{}, Shape<Int<kKeysPerWarpgroup>, Int<kHeadDim>>{}));
+  using SmemAtomKV = std::conditional_t<kDqSplit && kDqCols == 32, GMMA::Layout_K_SW64_Atom<Element>, SmemAtom>;
+  using SmemLayoutK = decltype(tile_to_shape(SmemAtomKV{}, Shape<Int<kKeysPerWarpgroup>, Int<kHeadDim>>{}));
   using SmemLayoutKt = decltype(composition(
       SmemLayoutK{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kKeysPerWarpgroup>>{}, Step<_2, _1>{})));
   // dS as the A operand of dQ: (queries, keys, buffer), queries contiguous, so that the S^T

@@ -241,7 +241,8 @@ def test_contiguous_bhsd_inputs(backend):
 
 
 @pytest.mark.parametrize("Hq,Hkv,causal,wl,D", [(4, 4, False, -1, 128), (8, 2, True, -1, 128),
-                                                (4, 1, True, 64, 128), (4, 2, True, -1, 192)])
+                                                (4, 1, True, 64, 128), (4, 2, True, -1, 192),
+                                                (4, 4, False, -1, 64), (8, 2, True, -1, 64)])
 def test_deterministic_mode_is_bit_stable(backend, Hq, Hkv, causal, wl, D):
     grads, _, once = run_case(backend, B=1, Hq=Hq, Hkv=Hkv, Sq=1000, Sk=1100, D=D,
                               causal=causal, wl=wl, deterministic=True)
