@@ -26,8 +26,9 @@ namespace fa::sm90 {
 // Head dim 128 without a mask: 128-key tiles up to 8k keys (H100, 16k tokens: 5% faster at 512,
 // 2% at 1k, about 1% at 2k-8k, level at 8448 = 48 x 176 and 1% slower at 16k), where 176-key ones
 // lose more to the partial last block and per-tile fixed costs than they gain per block.  With a
-// mask, single-warpgroup tiles of 64 x 64 (the registers of two CTAs per SM allow no wider key
-// tile beside a 64 x 128 output) gain only at 512 keys (1.05x; 0.95x at 1k, 0.84x at 2k).
+// mask, single-warpgroup tiles of 64 x 64 (with two stages and an output buffer, two CTAs' shared
+// memory allows no wider key tile at this head dim) gain only at 512 keys (1.05x; 0.95x at 1k,
+// 0.84x at 2k).
 template <int kHeadDim, typename Element, bool Is_local> struct FwdConfig;
 template <typename E, bool L> struct FwdConfig<64, E, L> {
   using Traits = FwdTraits<64, 128, 2, E, 3>;

@@ -1,7 +1,7 @@
-// The SM90 forward kernel: persistent (one CTA per SM, two for single-warpgroup tiles, walks the tiles TileScheduler hands it:
-// in turn without a mask, from an atomic counter with one) and warp-specialised (one producer
-// warpgroup issuing TMA loads, consumer warpgroups running wgmma and the softmax), registers moved
-// from the producer to the consumers with setmaxnreg.
+// The SM90 forward kernel: persistent (one CTA per SM, two for single-warpgroup tiles, walks the
+// tiles TileScheduler hands it: in turn without a mask, from an atomic counter with one) and
+// warp-specialised (one producer warpgroup issuing TMA loads, consumer warpgroups running wgmma and
+// the softmax), registers moved from the producer to the consumers with setmaxnreg.
 #pragma once
 
 #include <cute/tensor.hpp>
