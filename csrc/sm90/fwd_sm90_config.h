@@ -19,8 +19,9 @@ namespace fa::sm90 {
 // the 128-row masked tiles before them (same-lease A/B, H100, 16k tokens, main kernel,
 // benchmarks/results/ab_h100_sm90_fwd_1wg.json): causal 1.11x at 512 keys, 1.08x at 1k, 1.06x at
 // 2k; without a mask, against the 192-row tiles, 1.04x at 512 but 0.99x at 1k and 0.89x at 2k.
-// Their shared memory leaves room for a third K/V stage: 1.03x at causal 512, level elsewhere
-// (ab_h100_sm90_fwd_d64_1wg_stages3.json).
+// Their shared memory leaves room for a third K/V stage (1.03x at causal 512, level elsewhere,
+// ab_h100_sm90_fwd_d64_1wg_stages3.json), but with it the masked instances' consumers spill 16
+// bytes at the 216 registers the dynamic scheduler leaves them: two stages.
 // (The 128-row masked tiles had replaced the 192-row ones up to 2k: 5-8% faster at 512-1k and,
 // taken from the dynamic scheduler, 4.7% at 2k, ab_h100_sm90_d64_short_tiles_dynamic.json.)
 // Head dim 128 without a mask: 128-key tiles up to 8k keys (H100, 16k tokens: 5% faster at 512,
@@ -32,7 +33,7 @@ namespace fa::sm90 {
 template <int kHeadDim, typename Element, bool Is_local> struct FwdConfig;
 template <typename E, bool L> struct FwdConfig<64, E, L> {
   using Traits = FwdTraits<64, 128, 2, E, 3>;
-  using ShortTraits = FwdTraits<64, 128, 3, E, 1>;
+  using ShortTraits = FwdTraits<64, 128, 2, E, 1>;
   static constexpr int kShortSeqlenK = L ? 2048 : 512;
 };
 template <typename E, bool L> struct FwdConfig<96, E, L> { using Traits = FwdTraits<96, 128, 2, E>; };
