@@ -30,6 +30,10 @@ namespace fa::sm90 {
 // mask, single-warpgroup tiles of 64 x 64 (with two stages and an output buffer, two CTAs' shared
 // memory allows no wider key tile at this head dim) gain only at 512 keys (1.05x; 0.95x at 1k,
 // 0.84x at 2k).
+// Head dim 256: 80-key tiles leave a last block of 32 keys at 512 (7 blocks for 6.4 blocks of
+// work); 64-key ones have none to waste there and at 1k, and win where the mask makes blocks few
+// (causal 1.047x at 512, 1.036x at 1k; unmasked 1.013x at 512 but 0.977x at 1k,
+// ab_h100_sm90_fwd_prefetch_qbuf_d256.json).
 template <int kHeadDim, typename Element, bool Is_local> struct FwdConfig;
 template <typename E, bool L> struct FwdConfig<64, E, L> {
   using Traits = FwdTraits<64, 128, 2, E, 3>;
@@ -43,7 +47,11 @@ template <typename E, bool L> struct FwdConfig<128, E, L> {
   static constexpr int kShortSeqlenK = L ? 512 : 8192;
 };
 template <typename E, bool L> struct FwdConfig<192, E, L> { using Traits = FwdTraits<192, 96, 2, E>; };
-template <typename E, bool L> struct FwdConfig<256, E, L> { using Traits = FwdTraits<256, 80, 2, E>; };
+template <typename E, bool L> struct FwdConfig<256, E, L> {
+  using Traits = FwdTraits<256, 80, 2, E>;
+  using ShortTraits = FwdTraits<256, 64, 2, E>;
+  static constexpr int kShortSeqlenK = L ? 1024 : 512;
+};
 
 // The tile shape for a call: ShortTraits where the config has them and the keys are few.
 template <class Config, class = void>

@@ -27,7 +27,7 @@ CUTE_DEVICE typename Traits::Element* output_staging(typename Traits::SharedStor
     named_barrier_sync(epilogue_barrier<Traits>(warpgroup), 128);
     return smem.o[warpgroup].data();
   } else {
-    return smem.q[warpgroup].data();
+    return smem.q[warpgroup].data();  // one Q buffer
   }
 }
 
@@ -37,7 +37,7 @@ template <class Traits>
 CUTE_DEVICE void output_stored(typename Traits::SharedStorage& smem) {
   if constexpr (!Traits::kSeparateO) {
     tma_store_wait<0>();
-    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free);
+    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free[0]);
   }
 }
 
@@ -96,12 +96,12 @@ CUTE_DEVICE void store_tile(FwdArgs<Traits> const& args, typename Traits::Shared
 // A tile none of whose rows sees any key: out = 0, lse = -inf.
 template <class Traits>
 CUTE_DEVICE void store_empty_tile(FwdArgs<Traits> const& args, typename Traits::SharedStorage& smem, int warpgroup,
-                                  int thread, int head, int batch, int row0) {
+                                  int thread, int qbuf, int head, int batch, int row0) {
   using Element = typename Traits::Element;
   constexpr int kRows = Traits::kRowsPerWarpgroup;
   constexpr int kHeadDim = Traits::kHeadDim;
   // Q is not read for such a tile.
-  if constexpr (Traits::kSeparateO) cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free);
+  if constexpr (Traits::kSeparateO) cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free[qbuf]);
   Element* sO = output_staging<Traits>(smem, warpgroup, thread);
   for (int i = thread; i < kRows * kHeadDim; i += 128) sO[i] = Element(0.f);  // zero in any layout
   float* lse_ptr = args.lse + (int64_t(batch) * args.heads_q + head) * args.seqlen_q;

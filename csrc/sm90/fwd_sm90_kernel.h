@@ -47,8 +47,10 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), Traits::kC
     prefetch_tma_descriptor(args.tma_k.get_tma_descriptor());
     prefetch_tma_descriptor(args.tma_v.get_tma_descriptor());
     prefetch_tma_descriptor(args.tma_o.get_tma_descriptor());
-    Barrier::init(&smem.barrier_q, 1);
-    Barrier::init(&smem.barrier_q_free, Traits::kQFreeArrivals);
+    for (int b = 0; b < Traits::kQBuffers; ++b) {
+      Barrier::init(&smem.barrier_q[b], 1);
+      Barrier::init(&smem.barrier_q_free[b], Traits::kQFreeArrivals);
+    }
   }
   typename Pipeline::Params pipe_params;
   pipe_params.role = is_producer ? Pipeline::ThreadCategory::Producer : Pipeline::ThreadCategory::Consumer;
@@ -84,11 +86,12 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), Traits::kC
   const float softmax_scale = Is_softcap ? args.softcap : args.scale;
   typename Traits::PipelineState state_k, state_v;
 
-  // One tile whose Q has landed.
+  // One tile whose Q has landed (in buffer index % kQBuffers).
   auto process = [&](auto const& tile, int index) {
+    const int qbuf = index % Traits::kQBuffers;
     const int row0 = tile.m_block * Traits::kBlockM + warpgroup * Traits::kRowsPerWarpgroup;
     if (tile.empty()) {
-      store_empty_tile<Traits>(args, smem, warpgroup, thread, tile.head, tile.batch, row0);
+      store_empty_tile<Traits>(args, smem, warpgroup, thread, qbuf, tile.head, tile.batch, row0);
       return;
     }
     auto released_v = [&](int n) {
@@ -99,15 +102,16 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), Traits::kC
     clear(acc_o);
     OnlineSoftmax<2> softmax(softmax_scale * float(M_LOG2E));
     compute_tile<Traits, Schedule, Is_local, Is_softcap>(args, smem, pipeline_k, pipeline_v, state_k, state_v,
-                                                         warpgroup, thread, row0, tile.blocks, keys, acc_o, softmax,
+                                                         warpgroup, thread, qbuf, row0, tile.blocks, keys, acc_o, softmax,
                                                          released_v);
     store_tile<Traits>(args, smem, warpgroup, thread, tile.head, tile.batch, row0, softmax_scale, acc_o, softmax);
   };
   if constexpr (kDynamic) {
     // Tiles from the counter: the producer posts each one's number with its Q.
     for (int index = 0;; ++index) {
-      Barrier::wait(&smem.barrier_q, index & 1);
-      const int t = *static_cast<volatile int*>(&smem.tile);  // volatile: read after the wait
+      const int b = index % Traits::kQBuffers;
+      Barrier::wait(&smem.barrier_q[b], (index / Traits::kQBuffers) & 1);
+      const int t = *static_cast<volatile int*>(&smem.tile[b]);  // volatile: read after the wait
       if (t < 0) break;
       process(scheduler.tile(t, args.seqlen_q, keys), index);
     }
@@ -117,7 +121,7 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), Traits::kC
     for (int t = blockIdx.x; t < scheduler.total; t += gridDim.x, ++index) {
       const auto tile = scheduler.tile(t, args.seqlen_q, keys);
       if (self_loading) loader.template begin_tile<false>(tile, index, t);
-      Barrier::wait(&smem.barrier_q, index & 1);
+      Barrier::wait(&smem.barrier_q[index % Traits::kQBuffers], (index / Traits::kQBuffers) & 1);
       process(tile, index);
     }
   }

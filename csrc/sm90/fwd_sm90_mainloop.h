@@ -113,11 +113,13 @@ struct TileScheduler {
 // ablation without warp specialisation) the first consumer thread between its products.  Rows past
 // seqlen (Q, K and V alike) are zero-filled by the TMA unit.
 //
-// Q of a tile waits on barrier_q_free: every consumer thread is past the previous tile's last S
-// product (kSeparateO), or every warpgroup's store has read the output staged over its part of Q;
-// the first K/V stages of a tile are loaded before that wait, under the previous tile's epilogue.
-// Every tile, empty or not, completes one phase of barrier_q and one of barrier_q_free, so
-// producer and consumers never drift apart.  Under the dynamic scheduler each phase of barrier_q
+// Tiles take the Q buffers (Traits::kQBuffers) in turn.  Q of a tile waits on its buffer's
+// barrier_q_free: every consumer thread is past the last S product of the tile that used it before
+// (kSeparateO), or every warpgroup's store has read the output staged over its part of Q.  With
+// one buffer that is the previous tile, so the first K/V stages are loaded before the wait, under
+// that tile's epilogue; with two it is the one before, long done, so Q goes first and lands a
+// whole tile ahead.  Every tile, empty or not, completes one phase of its buffer's barrier_q and
+// one of its barrier_q_free, so producer and consumers never drift apart.  Under the dynamic scheduler each phase of barrier_q
 // also carries the tile's number (smem.tile, written before the arrival, whose release makes it
 // visible), and one last phase with -1 ends the consumers' loop.
 template <class Traits, class Schedule>
@@ -145,41 +147,60 @@ struct TileLoader {
   template <bool kPost, class Tile>
   CUTE_DEVICE int begin_tile(Tile const& tile, int index, int t) {
     int n = tile.blocks.max - 1;
-    for (; n >= max(tile.blocks.min, tile.blocks.max - Traits::kStages); --n) load_kv(tile, n);
-    if (index > 0) cutlass::arch::ClusterBarrier::wait(&smem.barrier_q_free, (index - 1) & 1);
-    if constexpr (kPost) post_tile(t);
+    // One Q buffer: the first K/V stages go first, under the previous tile's epilogue, while Q
+    // waits for it.  Two: the buffer is the one of two tiles back, long free.
+    if constexpr (Traits::kQBuffers == 1) {
+      for (; n >= max(tile.blocks.min, tile.blocks.max - Traits::kStages); --n) load_kv(tile, n);
+    }
+    const int b = index % Traits::kQBuffers;
+    wait_q_free(index);
+    if constexpr (kPost) post_tile(b, t);
     if (tile.empty()) {
-      cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q);
+      cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q[b]);
     } else {
-      load_q(tile);
+      load_q(tile, b);
+    }
+    if constexpr (Traits::kQBuffers > 1) {
+      for (; n >= max(tile.blocks.min, tile.blocks.max - Traits::kStages); --n) load_kv(tile, n);
     }
     return n;
   }
 
-  // No tile is left for this CTA, which has started `index` of them.
-  CUTE_DEVICE void finish(int index) {
-    if (index > 0) cutlass::arch::ClusterBarrier::wait(&smem.barrier_q_free, (index - 1) & 1);
-    post_tile(-1);
-    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q);
+  // The tile `kQBuffers` before this CTA's tile number `index` (same Q buffer) no longer reads Q.
+  CUTE_DEVICE void wait_q_free(int index) {
+    if (index >= Traits::kQBuffers) {
+      cutlass::arch::ClusterBarrier::wait(&smem.barrier_q_free[index % Traits::kQBuffers],
+                                          (index / Traits::kQBuffers - 1) & 1);
+    }
   }
 
-  // The consumers are past reading the previous number (and Q): barrier_q_free has been waited for.
-  CUTE_DEVICE void post_tile(int t) {
-    *static_cast<volatile int*>(&smem.tile) = t;  // volatile: stays before the arrival that publishes it
+  // No tile is left for this CTA, which has started `index` of them.
+  CUTE_DEVICE void finish(int index) {
+    const int b = index % Traits::kQBuffers;
+    wait_q_free(index);
+    post_tile(b, -1);
+    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q[b]);
+  }
+
+  // The consumers are past reading the buffer's previous number (and Q): its barrier_q_free has
+  // been waited for.
+  CUTE_DEVICE void post_tile(int b, int t) {
+    *static_cast<volatile int*>(&smem.tile[b]) = t;  // volatile: stays before the arrival that publishes it
   }
 
   template <class Tile>
-  CUTE_DEVICE void load_q(Tile const& tile) {
+  CUTE_DEVICE void load_q(Tile const& tile, int b) {
     Tensor mQ = args.tma_q.get_tma_tensor(make_shape(args.seqlen_q, int32_t(kHeadDim), args.heads_q, args.batch));
     Tensor gQ = local_tile(mQ(_, _, tile.head, tile.batch), Shape<Int<kRows>, Int<kHeadDim>>{},
                            make_coord(_, _0{}));  // (64, D, m)
     auto tma_q = args.tma_q.get_slice(_0{});
     cutlass::arch::ClusterTransactionBarrier::arrive_and_expect_tx(
-        &smem.barrier_q, Traits::kTmaBytesQ * Traits::kConsumerWarpgroups);
+        &smem.barrier_q[b], Traits::kTmaBytesQ * Traits::kConsumerWarpgroups);
     CUTE_UNROLL
     for (int w = 0; w < Traits::kConsumerWarpgroups; ++w) {
-      Tensor sQ = make_tensor(make_smem_ptr(smem.q[w].data()), typename Traits::SmemLayoutQ{});
-      copy(args.tma_q.with(smem.barrier_q, 0, hint_q()),
+      Tensor sQ = make_tensor(make_smem_ptr(smem.q[b * Traits::kConsumerWarpgroups + w].data()),
+                              typename Traits::SmemLayoutQ{});
+      copy(args.tma_q.with(smem.barrier_q[b], 0, hint_q()),
            tma_q.partition_S(gQ)(_, _, _, tile.m_block * Traits::kConsumerWarpgroups + w), tma_q.partition_D(sQ));
     }
   }
@@ -210,8 +231,8 @@ template <class Traits, class Schedule, bool Is_local, bool Is_softcap, class Ac
 CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::SharedStorage& smem,
                               typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                               typename Traits::PipelineState& state_k, typename Traits::PipelineState& state_v,
-                              int warpgroup, int thread, int row0, BlockRange blocks, KeyRange const& keys,
-                              AccO& acc_o, Softmax& softmax, OnRelease&& released_v) {
+                              int warpgroup, int thread, int qbuf, int row0, BlockRange blocks,
+                              KeyRange const& keys, AccO& acc_o, Softmax& softmax, OnRelease&& released_v) {
   constexpr int kRows = Traits::kRowsPerWarpgroup;
   constexpr int kBlockN = Traits::kBlockN;
   using Element = typename Traits::Element;
@@ -221,7 +242,8 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
   auto thr_qk = mma_qk.get_thread_slice(thread);
   auto thr_pv = mma_pv.get_thread_slice(thread);
 
-  Tensor sQ = make_tensor(make_smem_ptr(smem.q[warpgroup].data()), typename Traits::SmemLayoutQ{});
+  Tensor sQ = make_tensor(make_smem_ptr(smem.q[qbuf * Traits::kConsumerWarpgroups + warpgroup].data()),
+                          typename Traits::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKV{});
   Tensor sVt = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutVt{});
   Tensor tSrQ = thr_qk.partition_fragment_A(sQ);  // smem descriptors
@@ -336,8 +358,8 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
   }
 
   // Every S product of the tile has been waited for: with its own output buffer Q is free now,
-  // and the next tile's Q loads under the last P.V and the epilogue.
-  if constexpr (Traits::kSeparateO) cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free);
+  // and the Q of the tile that takes this buffer next may load.
+  if constexpr (Traits::kSeparateO) cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free[qbuf]);
 
   // Last block's P.V.
   pipeline_v.consumer_wait(state_v);

@@ -94,17 +94,20 @@ struct FwdTraits {
   using Pipeline = cutlass::PipelineTmaAsync<kStages>;
   using PipelineState = typename Pipeline::PipelineState;
 
+  // kQ Q buffers (each with its barriers and tile number), used by tiles in turn.
+  template <int kQ>
   struct SharedStorageStagedOverQ {
-    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q[kConsumerWarpgroups];
+    cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q[kQ * kConsumerWarpgroups];
     cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> k;
     cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> v;
-    alignas(16) uint64_t barrier_q;  // Q of the current tile has landed
-    uint64_t barrier_q_free;          // Q of the previous tile is no longer read
-    int tile;                         // which tile barrier_q's phase is for; -1: none is left
+    alignas(16) uint64_t barrier_q[kQ];  // Q of a tile has landed
+    uint64_t barrier_q_free[kQ];         // Q of a tile is no longer read
+    int tile[kQ];                        // which tile barrier_q's phase is for; -1: none is left
     typename Pipeline::SharedStorage pipeline_k;
     typename Pipeline::SharedStorage pipeline_v;
   };
-  struct SharedStorageWithO : SharedStorageStagedOverQ {
+  template <int kQ>
+  struct SharedStorageWithO : SharedStorageStagedOverQ<kQ> {
     cute::array_aligned<Element, cosize_v<SmemLayoutO>, 1024> o[kConsumerWarpgroups];
   };
   // Where a buffer of its own for the output fits, Q is free as soon as a tile's last S product is
@@ -113,8 +116,11 @@ struct FwdTraits {
   // blocks).  Otherwise (head dims 192 and 256, 176-key tiles) the output is staged over Q.
   // An SM's 228 KB less 1 KB the hardware reserves per CTA.
   static constexpr int kSmemLimit = (228 / kCtasPerSm - 1) * 1024;
-  static constexpr bool kSeparateO = sizeof(SharedStorageWithO) <= kSmemLimit;
-  using SharedStorage = std::conditional_t<kSeparateO, SharedStorageWithO, SharedStorageStagedOverQ>;
+  static constexpr bool kSeparateO = sizeof(SharedStorageWithO<1>) <= kSmemLimit;
+  // With room for a second Q buffer the next tile's Q loads a whole tile ahead instead of under
+  // this tile's last P.V, which short tiles otherwise wait for.
+  static constexpr int kQBuffers = kSeparateO && sizeof(SharedStorageWithO<2>) <= kSmemLimit ? 2 : 1;
+  using SharedStorage = std::conditional_t<kSeparateO, SharedStorageWithO<kQBuffers>, SharedStorageStagedOverQ<1>>;
   // Arrivals that free Q: every consumer thread after its last S product, or each warpgroup's
   // storing thread once the store has read the output staged over Q.
   static constexpr int kQFreeArrivals = kSeparateO ? kConsumerThreads : kConsumerWarpgroups;

@@ -336,3 +336,11 @@ def test_causal_grid_with_many_heads(backend, D):
     tile must still be computed once, for the right head of the right kv group."""
     check_case(backend, 75, 16, 4, 200, 200, D, causal=True)
     check_case(backend, 40, 32, 8, 300, 260, D, causal=True, bottom_right=True)
+
+
+@pytest.mark.parametrize("Sk", [511, 512, 513, 1023, 1024, 1025])
+def test_head_dim_256_tile_shape_switch(backend, Sk):
+    """Head dim 256 runs 64-key tiles up to 512 keys without a mask and up to 1024 with one, and
+    80-key tiles beyond."""
+    check_case(backend, 1, 2, 1, 300, Sk, 256)
+    check_case(backend, 2, 3, 3, 257, Sk, 256, causal=True, bottom_right=True, softcap=20.0)
