@@ -50,13 +50,11 @@ struct FwdTraits {
   static constexpr int kConsumerRegisters =
       kConsumerWarpgroups == 1 ? 256 - kProducerRegisters<Dynamic>
                                : (kConsumerWarpgroups == 2 ? (Dynamic ? 232 : 240) : 160);
-  static_assert(setmaxnreg_fits(kProducerRegisters<false>, kConsumerThreads, kConsumerRegisters<false>) &&
+  static_assert(setmaxnreg_fits(kProducerRegisters<false>, kConsumerThreads, kConsumerRegisters<false>,
+                                kCtasPerSm) &&
                     setmaxnreg_fits(kProducerRegisters<kDynamicWhenMasked>, kConsumerThreads,
-                                    kConsumerRegisters<kDynamicWhenMasked>),
+                                    kConsumerRegisters<kDynamicWhenMasked>, kCtasPerSm),
                 "setmaxnreg cannot hand out more registers than the CTA was launched with");
-  static_assert(kCtasPerSm == 1 || (kProducerRegisters<false> + kConsumerRegisters<false> <= 256 &&
-                                    kProducerRegisters<true> + kConsumerRegisters<true> <= 256),
-                "two CTAs per SM: 128 registers per thread on average");
   static_assert(kHeadDim % 32 == 0 && kBlockN % 16 == 0);
 
   using TileQK = Shape<Int<kRowsPerWarpgroup>, Int<kBlockN>, Int<kHeadDim>>;  // S = Q.K^T

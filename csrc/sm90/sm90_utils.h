@@ -25,13 +25,13 @@ namespace fa::sm90 {
 
 using namespace cute;
 
-// setmaxnreg moves registers within the CTA's own allocation (one CTA per SM: 64K registers over
-// its threads, in steps of 8 per thread), so the producer warpgroup's 128 threads and the
+// setmaxnreg moves registers within the CTA's own allocation (its share of the SM's 64K registers
+// over its threads, in steps of 8 per thread), so the producer warpgroup's 128 threads and the
 // consumers' may not hold more than that in all: a consumer increase the producer's decrease does
 // not cover waits forever.
-constexpr bool setmaxnreg_fits(int producer, int consumer_threads, int consumer) {
+constexpr bool setmaxnreg_fits(int producer, int consumer_threads, int consumer, int ctas_per_sm = 1) {
   const int threads = 128 + consumer_threads;
-  return 128 * producer + consumer_threads * consumer <= 65536 / threads / 8 * 8 * threads;
+  return 128 * producer + consumer_threads * consumer <= 65536 / ctas_per_sm / threads / 8 * 8 * threads;
 }
 
 CUTE_DEVICE void named_barrier_sync(int id, int threads) {
