@@ -27,7 +27,7 @@ CUTE_DEVICE typename Traits::Element* output_staging(typename Traits::SharedStor
     named_barrier_sync(epilogue_barrier<Traits>(warpgroup), 128);
     return smem.o[warpgroup].data();
   } else {
-    return smem.q[warpgroup].data();  // one Q buffer
+    return q_smem<Traits>(smem, 0, warpgroup);  // one Q buffer
   }
 }
 

@@ -88,7 +88,7 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), Traits::kC
 
   // One tile whose Q has landed (in buffer index % kQBuffers).
   auto process = [&](auto const& tile, int index) {
-    const int qbuf = index % Traits::kQBuffers;
+    const int qbuf = q_buffer<Traits>(index);
     const int row0 = tile.m_block * Traits::kBlockM + warpgroup * Traits::kRowsPerWarpgroup;
     if (tile.empty()) {
       store_empty_tile<Traits>(args, smem, warpgroup, thread, qbuf, tile.head, tile.batch, row0);
@@ -109,8 +109,8 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), Traits::kC
   if constexpr (kDynamic) {
     // Tiles from the counter: the producer posts each one's number with its Q.
     for (int index = 0;; ++index) {
-      const int b = index % Traits::kQBuffers;
-      Barrier::wait(&smem.barrier_q[b], (index / Traits::kQBuffers) & 1);
+      const int b = q_buffer<Traits>(index);
+      Barrier::wait(&smem.barrier_q[b], q_phase<Traits>(index));
       const int t = *static_cast<volatile int*>(&smem.tile[b]);  // volatile: read after the wait
       if (t < 0) break;
       process(scheduler.tile(t, args.seqlen_q, keys), index);
@@ -121,7 +121,7 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), Traits::kC
     for (int t = blockIdx.x; t < scheduler.total; t += gridDim.x, ++index) {
       const auto tile = scheduler.tile(t, args.seqlen_q, keys);
       if (self_loading) loader.template begin_tile<false>(tile, index, t);
-      Barrier::wait(&smem.barrier_q[index % Traits::kQBuffers], (index / Traits::kQBuffers) & 1);
+      Barrier::wait(&smem.barrier_q[q_buffer<Traits>(index)], q_phase<Traits>(index));
       process(tile, index);
     }
   }

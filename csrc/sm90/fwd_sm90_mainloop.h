@@ -29,6 +29,18 @@ CUTE_DEVICE int sched_barrier(int warpgroup) { return 1 + warpgroup; }
 template <class Traits>
 CUTE_DEVICE int epilogue_barrier(int warpgroup) { return 1 + Traits::kConsumerWarpgroups + warpgroup; }
 
+// A CTA's tile number `index` uses Q buffer index % kQBuffers, for that buffer's
+// (index / kQBuffers)-th time: the buffer and the parity of its barriers' phase.
+template <class Traits>
+CUTE_DEVICE int q_buffer(int index) { return index % Traits::kQBuffers; }
+template <class Traits>
+CUTE_DEVICE int q_phase(int index) { return (index / Traits::kQBuffers) & 1; }
+// Warpgroup w's part of Q in buffer b.
+template <class Traits>
+CUTE_DEVICE typename Traits::Element* q_smem(typename Traits::SharedStorage& smem, int b, int w) {
+  return smem.q[b * Traits::kConsumerWarpgroups + w].data();
+}
+
 // Range of key blocks [min, max) a query tile must visit.
 struct BlockRange {
   int min, max;
@@ -119,9 +131,10 @@ struct TileScheduler {
 // one buffer that is the previous tile, so the first K/V stages are loaded before the wait, under
 // that tile's epilogue; with two it is the one before, long done, so Q goes first and lands a
 // whole tile ahead.  Every tile, empty or not, completes one phase of its buffer's barrier_q and
-// one of its barrier_q_free, so producer and consumers never drift apart.  Under the dynamic scheduler each phase of barrier_q
-// also carries the tile's number (smem.tile, written before the arrival, whose release makes it
-// visible), and one last phase with -1 ends the consumers' loop.
+// one of its barrier_q_free, so producer and consumers never drift apart.  Under the dynamic
+// scheduler each phase of barrier_q also carries the tile's number (the buffer's smem.tile,
+// written before the arrival, whose release makes it visible), and one last phase with -1 ends
+// the consumers' loop.
 template <class Traits, class Schedule>
 struct TileLoader {
   using Pipeline = typename Traits::Pipeline;
@@ -152,7 +165,7 @@ struct TileLoader {
     if constexpr (Traits::kQBuffers == 1) {
       for (; n >= max(tile.blocks.min, tile.blocks.max - Traits::kStages); --n) load_kv(tile, n);
     }
-    const int b = index % Traits::kQBuffers;
+    const int b = q_buffer<Traits>(index);
     wait_q_free(index);
     if constexpr (kPost) post_tile(b, t);
     if (tile.empty()) {
@@ -169,14 +182,14 @@ struct TileLoader {
   // The tile `kQBuffers` before this CTA's tile number `index` (same Q buffer) no longer reads Q.
   CUTE_DEVICE void wait_q_free(int index) {
     if (index >= Traits::kQBuffers) {
-      cutlass::arch::ClusterBarrier::wait(&smem.barrier_q_free[index % Traits::kQBuffers],
-                                          (index / Traits::kQBuffers - 1) & 1);
+      cutlass::arch::ClusterBarrier::wait(&smem.barrier_q_free[q_buffer<Traits>(index)],
+                                          q_phase<Traits>(index - Traits::kQBuffers));
     }
   }
 
   // No tile is left for this CTA, which has started `index` of them.
   CUTE_DEVICE void finish(int index) {
-    const int b = index % Traits::kQBuffers;
+    const int b = q_buffer<Traits>(index);
     wait_q_free(index);
     post_tile(b, -1);
     cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q[b]);
@@ -198,8 +211,7 @@ struct TileLoader {
         &smem.barrier_q[b], Traits::kTmaBytesQ * Traits::kConsumerWarpgroups);
     CUTE_UNROLL
     for (int w = 0; w < Traits::kConsumerWarpgroups; ++w) {
-      Tensor sQ = make_tensor(make_smem_ptr(smem.q[b * Traits::kConsumerWarpgroups + w].data()),
-                              typename Traits::SmemLayoutQ{});
+      Tensor sQ = make_tensor(make_smem_ptr(q_smem<Traits>(smem, b, w)), typename Traits::SmemLayoutQ{});
       copy(args.tma_q.with(smem.barrier_q[b], 0, hint_q()),
            tma_q.partition_S(gQ)(_, _, _, tile.m_block * Traits::kConsumerWarpgroups + w), tma_q.partition_D(sQ));
     }
@@ -242,8 +254,7 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
   auto thr_qk = mma_qk.get_thread_slice(thread);
   auto thr_pv = mma_pv.get_thread_slice(thread);
 
-  Tensor sQ = make_tensor(make_smem_ptr(smem.q[qbuf * Traits::kConsumerWarpgroups + warpgroup].data()),
-                          typename Traits::SmemLayoutQ{});
+  Tensor sQ = make_tensor(make_smem_ptr(q_smem<Traits>(smem, qbuf, warpgroup)), typename Traits::SmemLayoutQ{});
   Tensor sK = make_tensor(make_smem_ptr(smem.k.data()), typename Traits::SmemLayoutKV{});
   Tensor sVt = make_tensor(make_smem_ptr(smem.v.data()), typename Traits::SmemLayoutVt{});
   Tensor tSrQ = thr_qk.partition_fragment_A(sQ);  // smem descriptors
