@@ -87,7 +87,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--spin-up-s", type=float, default=3.0,
                    help="seconds of GEMMs before the first point, so that it is not timed at a "
                         "cold GPU's clocks (default %(default)s)")
-    p.add_argument("--warmup-ms", type=float, default=25.0, help="do_bench warm-up (ms)")
+    p.add_argument("--warmup-ms", type=float, default=250.0,
+                   help="do_bench warm-up (ms): each implementation runs this long before its "
+                        "timing, so that it is timed at the clock its own load settles to (after "
+                        "a pause the first ~0.2 s of a long kernel's calls ran 5-14%% faster on an "
+                        "H100: benchmarks/clock_drift.py) (default %(default)s)")
     p.add_argument("--rep-ms", type=float, default=100.0, help="do_bench repetition time (ms)")
     p.add_argument("--warmup-calls", type=int, default=3,
                    help="untimed calls before timing (compilation, autotuning) "

@@ -212,3 +212,14 @@ def test_the_sm90_backward_refuses_what_it_does_not_cover(backend):
 
 def test_no_ablation_variants_without_the_sm90_library():
     assert kernels.ablation_variants(torch.device("cpu")) == {}
+
+
+def test_a_contiguous_tensor_at_an_unaligned_address_is_copied(backend):
+    """Contiguous already, so only a fresh allocation can align its rows."""
+    storage = torch.randn(16 * 64 + 1, dtype=torch.bfloat16)
+    q = storage[1:].view(1, 1, 16, 64)
+    assert q.is_contiguous() and q.data_ptr() % 16
+    k, v = bshd(1, 16, 1, 64), bshd(1, 16, 1, 64)
+    backend.forward(q, k, v, 1.0, False, False, -1, -1, 0.0, bshd(1, 16, 1, 64), torch.empty(1, 1, 16))
+    f = fields(backend.lib.calls[-1][0])
+    assert f["q"] != q.data_ptr() and f["q"] % 16 == 0

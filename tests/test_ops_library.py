@@ -367,3 +367,29 @@ def test_inductor_keeps_the_op_strides_forward_and_backward():
     torch.testing.assert_close(got, want)
     for a, b in zip(got_grads, want_grads):
         torch.testing.assert_close(a, b)
+
+
+def test_a_dead_functorch_wrapper_is_taken_for_its_value_as_autograd_function_apply_does():
+    """The autograd kernel calls autograd.Function's C entry itself, unwrapping the op's
+    tensors as Function.apply would (a tensor that escaped a torch.func transform)."""
+    escaped = []
+
+    def f(x):
+        escaped.append(x)
+        return x.sum()
+
+    torch.func.grad(f)(torch.randn(1, 1, 8, 16))
+    dead = escaped[0]
+    assert torch._C._functorch.is_functorch_wrapped_tensor(dead)
+    k = torch.randn(1, 1, 8, 16, requires_grad=True)
+    v = torch.randn(1, 1, 8, 16)
+    out, _ = torch.ops.fa.attention_forward(dead, k, v, None, 0.25, False, False, -1, -1, 0.0,
+                                            0.0, None)
+    assert not torch._C._functorch.is_functorch_wrapped_tensor(out)
+    out.sum().backward()
+    q = torch._C._functorch.get_unwrapped(dead).detach()
+    kk = k.detach().requires_grad_()
+    want = torch.softmax(q @ kk.transpose(-1, -2) * 0.25, -1) @ v
+    want.sum().backward()
+    torch.testing.assert_close(out.detach(), want.detach())
+    torch.testing.assert_close(k.grad, kk.grad)

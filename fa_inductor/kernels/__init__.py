@@ -62,7 +62,8 @@ def _prepared(x: torch.Tensor, head_dim: int) -> tuple[torch.Tensor, tuple[int, 
         x = torch.nn.functional.pad(x, (0, head_dim - x.shape[3]))
     strides = _row_strides(x)
     if strides is None:
-        x = x.contiguous()
+        # A copy, even of a contiguous tensor: its base address may be what is misaligned.
+        x = x.clone(memory_format=torch.contiguous_format)
         strides = _row_strides(x)
     return x, strides
 
@@ -77,6 +78,18 @@ def launch_on(device: torch.device, launch):
         return launch(torch._C._cuda_getCurrentRawStream(index))
     with torch.cuda.device(index):
         return launch(torch._C._cuda_getCurrentRawStream(index))
+
+
+def _forward_fields(qs, ks, vs, os_, B, Hq, Hkv, Sq, Sk, hd, dtype, scale, causal, bottom_right,
+                    window_left, window_right, softcap) -> tuple:
+    """FwdParams' fields after the five addresses, in its order (positional construction: keyword
+    construction of a ctypes struct costs more).  Causal is a right window of 0."""
+    wl = int(window_left) if window_left is not None and window_left >= 0 else -1
+    wr = int(window_right) if window_right is not None and window_right >= 0 else -1
+    if causal:
+        wr = 0 if wr < 0 else min(wr, 0)
+    return (*qs, *ks, *vs, *os_, B, Hq, Hkv, Sq, Sk, hd, _DTYPE_CODES[dtype], float(scale),
+            float(softcap) if softcap and softcap > 0 else 0.0, wl, wr, int(bool(bottom_right)))
 
 
 _BACKWARD_MODULE = None  # once imported
@@ -168,16 +181,48 @@ class KernelBackend:
         """Writes out [B,Hq,Sq,Dv] (any strides, last dim contiguous) and lse [B,Hq,Sq] fp32.
 
         ``family`` ("sm80" or "sm90") overrides the kernels picked for this device."""
-        family = family or self.forward_name
+        call = self._forward_call(family or self.forward_name)
+        self._forward(call, q, k, v, scale, causal, bottom_right, window_left, window_right, softcap, out, lse)
+
+    def forward_launcher(self, q, k, v, out, lse, scale, causal, bottom_right, window_left,
+                         window_right, softcap):
+        """``launch(q, k, v, out, lse) -> bool``, the forward of this device's family for later
+        calls whose tensors have these shapes, strides and dtype, made while the params of this
+        call are at hand; None where such calls need more than a launch (head dims padded,
+        rows copied to align them, nothing to compute).  ``launch`` reads only the addresses,
+        and returns False without launching when one is not 16-byte aligned (this call's
+        addresses may have been, the next ones need not be)."""
+        B, Hq, Sq, D = q.shape
+        _, Hkv, Sk, _ = k.shape
+        hd = padded_head_dim(max(D, v.shape[3]))
+        if B == 0 or Hq == 0 or Sq == 0 or Sk == 0 or D != hd or v.shape[3] != hd:
+            return None
+        strides = tuple(_row_strides(t) for t in (q, k, v, out))
+        if None in strides or not lse.is_contiguous():
+            return None
+        call = self._forward_call(self.forward_name)
+        fields = _forward_fields(*strides, B, Hq, Hkv, Sq, Sk, hd, q.dtype, scale, causal,
+                                 bottom_right, window_left, window_right, softcap)
+        device, params = q.device, _library.FwdParams
+
+        def launch(q, k, v, out, lse) -> bool:
+            qp, kp, vp, op = q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr()
+            if (qp | kp | vp | op) % _ALIGN_BYTES:
+                return False
+            p = params(qp, kp, vp, op, lse.data_ptr(), *fields)
+            launch_on(device, lambda stream: call(p, stream))
+            return True
+
+        return launch
+
+    def _forward_call(self, family: str):
         if family == "sm90":
             if not self.lib.has("fa_fwd_sm90"):
                 raise _library.KernelError(f"{self.lib.path} has no SM90 forward (build it with --arch 90a)")
-            call = self.lib.fwd_sm90
-        elif family == "sm80":
-            call = self.lib.fwd_sm80
-        else:
-            raise ValueError(f"unknown kernel family {family!r}")
-        self._forward(call, q, k, v, scale, causal, bottom_right, window_left, window_right, softcap, out, lse)
+            return self.lib.fwd_sm90
+        if family == "sm80":
+            return self.lib.fwd_sm80
+        raise ValueError(f"unknown kernel family {family!r}")
 
     def forward_ablation(self, variant: int, q, k, v, scale, causal, out, lse) -> None:
         """The SM90 forward with one scheduling idea switched off (csrc/sm90/fwd_sm90_ablation.cu):
@@ -209,18 +254,10 @@ class KernelBackend:
             o = torch.empty((B, Sq, Hq, hd), dtype=q.dtype, device=q.device).transpose(1, 2)
             os_ = _row_strides(o)
         lse_buf = lse if lse.is_contiguous() else torch.empty((B, Hq, Sq), dtype=torch.float32, device=q.device)
-
-        wl = int(window_left) if window_left is not None and window_left >= 0 else -1
-        wr = int(window_right) if window_right is not None and window_right >= 0 else -1
-        if causal:
-            wr = 0 if wr < 0 else min(wr, 0)
-        # Positional, in FaFwdParams' order: keyword construction of a ctypes struct costs more.
         p = _library.FwdParams(
             q.data_ptr(), k.data_ptr(), v.data_ptr(), o.data_ptr(), lse_buf.data_ptr(),
-            *qs, *ks, *vs, *os_,
-            B, Hq, Hkv, Sq, Sk, hd, _DTYPE_CODES[q.dtype], float(scale),
-            float(softcap) if softcap and softcap > 0 else 0.0, wl, wr, int(bool(bottom_right)),
-        )
+            *_forward_fields(qs, ks, vs, os_, B, Hq, Hkv, Sq, Sk, hd, q.dtype, scale, causal,
+                             bottom_right, window_left, window_right, softcap))
         launch_on(q.device, lambda stream: call(p, stream))
         if o is not out:
             out.copy_(o[..., :Dv])
@@ -255,6 +292,17 @@ class KernelBackend:
             raise _library.KernelError(f"{self.lib.path} has no SM90 backward (build it with --arch 90a)")
         bwd.run_backward(self.lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right,
                          window_left, window_right, softcap, dq, dk, dv, deterministic, family)
+
+    def backward_launcher(self, grad_out, q, k, v, out, lse, scale, causal, bottom_right,
+                          window_left, window_right, softcap, dq, dk, dv, deterministic: bool):
+        """As ``forward_launcher``, for the backward (``backward.backward_launcher``)."""
+        bwd = _backward_module()
+        family = self.backward_family(q, v, deterministic)
+        if bwd is None or (family == "sm90" and not self.lib.has("fa_bwd_sm90")):
+            return None
+        return bwd.backward_launcher(self.lib, grad_out, q, k, v, out, lse, scale, causal,
+                                     bottom_right, window_left, window_right, softcap, dq, dk,
+                                     dv, deterministic, family)
 
 
 _backends: dict[int, KernelBackend | None] = {}

@@ -15,7 +15,7 @@ import math
 
 import torch
 
-from . import _prepared, _row_strides, launch_on, padded_head_dim  # the forward's tensor rules
+from . import _ALIGN_BYTES, _prepared, _row_strides, launch_on, padded_head_dim  # the forward's tensor rules
 
 FA_BWD_FP16 = 0
 FA_BWD_BF16 = 1
@@ -142,6 +142,76 @@ def _parts(*sizes: int) -> tuple[int, list[int]]:
     return max(total, 1), offsets
 
 
+class _Layout:
+    """What a backward launch takes from its call's sizes, strides and flags, apart from the
+    addresses: the params' other fields (positional, FaBwdParams' order) and the workspace's
+    parts."""
+
+    __slots__ = ("fields", "total", "offsets", "semaphore")
+
+    def __init__(self, strides, B, Hq, Hkv, Sq, Sk, hd, dtype, scale, causal, bottom_right,
+                 window_left, window_right, softcap, deterministic, sm90, device):
+        wl = int(window_left) if window_left is not None and window_left >= 0 else -1
+        wr = int(window_right) if window_right is not None and window_right >= 0 else -1
+        if causal:
+            wr = 0 if wr < 0 else min(wr, 0)
+        diag = (Sk - Sq) if bottom_right else 0
+        splits = 1
+        if deterministic and not sm90:
+            sms = torch.cuda.get_device_properties(device).multi_processor_count
+            # One wave: more CTAs than SMs would leave a mostly idle second wave.
+            splits = max(1, min(math.ceil(Sk / _MIN_BLOCK_N), sms // (B * Hkv)))
+        # Rows padded to 128 (>= any kBlockM): the main kernel adds edge tiles without predicates.
+        sq_rounded = -(-Sq // 128) * 128
+        # One allocation for the scratch (each torch.empty is host time on every call):
+        # - the fp32 dQ accumulator [splits, B, Hq, sq_rounded, hd];
+        # - rowsum(dO * O) [B, Hq, rows]; SM90 moves a query tile's row statistics with one bulk
+        #   copy, so its rows are padded like the accumulator's;
+        # - SM90: lse in base 2 [B, Hq, sq_rounded];
+        # - SM90 deterministic mode: per 64-row tile of the accumulator, an int32 semaphore (1 +
+        #   the last key block that added into it) so that they add in a fixed order (the
+        #   preprocessing kernel zeroes it).
+        rows = B * Hq * sq_rounded
+        self.total, self.offsets = _parts(
+            splits * rows * hd, rows if sm90 else B * Hq * Sq, rows if sm90 else 0,
+            rows // 64 if sm90 and deterministic else 0)
+        self.semaphore = sm90 and deterministic
+        arrays = tuple((ctypes.c_int64 * 3)(*s) for s in strides)
+        self.fields = (*arrays, B, Hq, Hkv, Sq, Sk, hd, sq_rounded, float(scale),
+                       float(softcap) if softcap and softcap > 0 else 0.0, wl, wr, diag,
+                       _DTYPES[dtype], int(bool(deterministic)), splits)
+
+    def params(self, q, k, v, out, grad_out, lse, dq, dk, dv, base: int) -> FaBwdParams:
+        o_accum, o_dsum, _, o_sem = self.offsets
+        return FaBwdParams(q, k, v, out, grad_out, lse, dq, dk, dv, base + 4 * o_accum,
+                           base + 4 * o_dsum, *self.fields,
+                           base + 4 * o_sem if self.semaphore else None)
+
+
+def _launch(lib, family: str, layout: _Layout, device, p: FaBwdParams, base: int) -> None:
+    fn = _bind(lib.raw, family)
+    if family == "sm90":
+        lse_log2 = base + 4 * layout.offsets[2]
+        status = launch_on(device, lambda stream: fn(ctypes.byref(p), lse_log2, stream))
+    else:
+        status = launch_on(device, lambda stream: fn(ctypes.byref(p), stream))
+    lib.check(status, f"fa_bwd_{family}")
+
+
+def _checked_family(hd: int | None, D: int, Dv: int, deterministic: bool, family: str) -> bool:
+    """Whether ``family`` is SM90 (raising where it cannot take the call)."""
+    if hd is None:
+        raise ValueError(f"head dim {max(D, Dv)} too large for the compiled backward")
+    sm90 = family == "sm90"
+    if sm90 and not sm90_covers(hd, deterministic):
+        raise ValueError(
+            f"the SM90 backward takes head dims {SM90_HEAD_DIMS}, in deterministic mode not "
+            f"{SM90_ATOMIC_DQ_HEAD_DIMS} (got head dim {hd}, deterministic={deterministic})")
+    if not sm90 and family != "sm80":
+        raise ValueError(f"unknown kernel family {family!r}")
+    return sm90
+
+
 def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, window_left,
                  window_right, softcap, dq, dk, dv, deterministic=False, family="sm80") -> None:
     """Writes dq, dk, dv (preallocated, their inputs' shapes, last dim contiguous) with the
@@ -158,15 +228,7 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
         dv.zero_()
         return
     hd = padded_head_dim(max(D, Dv))
-    if hd is None:
-        raise ValueError(f"head dim {max(D, Dv)} too large for the compiled backward")
-    sm90 = family == "sm90"
-    if sm90 and not sm90_covers(hd, deterministic):
-        raise ValueError(
-            f"the SM90 backward takes head dims {SM90_HEAD_DIMS}, in deterministic mode not "
-            f"{SM90_ATOMIC_DQ_HEAD_DIMS} (got head dim {hd}, deterministic={deterministic})")
-    if not sm90 and family != "sm80":
-        raise ValueError(f"unknown kernel family {family!r}")
+    sm90 = _checked_family(hd, D, Dv, deterministic, family)
     q, qs = _prepared(q, hd)
     k, ks = _prepared(k, hd)
     v, vs = _prepared(v, hd)
@@ -177,52 +239,51 @@ def run_backward(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right, 
     dq_buf, dqs = _out_buffer(dq, hd)
     dk_buf, dks = _out_buffer(dk, hd)
     dv_buf, dvs = _out_buffer(dv, hd)
-
-    wl = int(window_left) if window_left is not None and window_left >= 0 else -1
-    wr = int(window_right) if window_right is not None and window_right >= 0 else -1
-    if causal:
-        wr = 0 if wr < 0 else min(wr, 0)
-    diag = (Sk - Sq) if bottom_right else 0
-
-    splits = 1
-    if deterministic and not sm90:
-        sms = torch.cuda.get_device_properties(q.device).multi_processor_count
-        # One wave: more CTAs than SMs would leave a mostly idle second wave.
-        splits = max(1, min(math.ceil(Sk / _MIN_BLOCK_N), sms // (B * Hkv)))
-    # Rows padded to 128 (>= any kBlockM): the main kernel adds edge tiles without predicates.
-    sq_rounded = -(-Sq // 128) * 128
-    # One allocation for the scratch (each torch.empty is host time on every call):
-    # - the fp32 dQ accumulator [splits, B, Hq, sq_rounded, hd];
-    # - rowsum(dO * O) [B, Hq, rows]; SM90 moves a query tile's row statistics with one bulk copy,
-    #   so its rows are padded like the accumulator's;
-    # - SM90: lse in base 2 [B, Hq, sq_rounded];
-    # - SM90 deterministic mode: per 64-row tile of the accumulator, an int32 semaphore (1 + the
-    #   last key block that added into it) so that they add in a fixed order (the preprocessing
-    #   kernel zeroes it).
-    rows = B * Hq * sq_rounded
-    total, (o_accum, o_dsum, o_lse2, o_sem) = _parts(
-        splits * rows * hd, rows if sm90 else B * Hq * Sq, rows if sm90 else 0,
-        rows // 64 if sm90 and deterministic else 0)
-    workspace = _workspace((total,), q.device)  # held until the launch below is queued
+    layout = _Layout((qs, ks, vs, outs, dos, dqs, dks, dvs), B, Hq, Hkv, Sq, Sk, hd, q.dtype,
+                     scale, causal, bottom_right, window_left, window_right, softcap,
+                     deterministic, sm90, q.device)
+    workspace = _workspace((layout.total,), q.device)  # held until the launch below is queued
     base = workspace.data_ptr()
-
-    p = FaBwdParams(
-        q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(), grad_out.data_ptr(),
-        lse.data_ptr(), dq_buf.data_ptr(), dk_buf.data_ptr(), dv_buf.data_ptr(),
-        base + 4 * o_accum, base + 4 * o_dsum,
-        qs, ks, vs, outs, dos, dqs, dks, dvs,
-        B, Hq, Hkv, Sq, Sk, hd, sq_rounded,
-        float(scale), float(softcap) if softcap and softcap > 0 else 0.0,
-        wl, wr, diag, _DTYPES[q.dtype], int(bool(deterministic)), splits,
-        base + 4 * o_sem if sm90 and deterministic else None,
-    )
-    fn = _bind(lib.raw, family)
-    if sm90:
-        lse_log2 = base + 4 * o_lse2
-        status = launch_on(q.device, lambda stream: fn(ctypes.byref(p), lse_log2, stream))
-    else:
-        status = launch_on(q.device, lambda stream: fn(ctypes.byref(p), stream))
-    lib.check(status, f"fa_bwd_{family}")
+    p = layout.params(q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                      grad_out.data_ptr(), lse.data_ptr(), dq_buf.data_ptr(), dk_buf.data_ptr(),
+                      dv_buf.data_ptr(), base)
+    _launch(lib, family, layout, q.device, p, base)
     for buf, dst, d in ((dq_buf, dq, D), (dk_buf, dk, D), (dv_buf, dv, Dv)):
         if buf is not dst:
             dst.copy_(buf[..., :d])
+
+
+def backward_launcher(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_right,
+                      window_left, window_right, softcap, dq, dk, dv, deterministic, family):
+    """``launch(grad_out, q, k, v, out, lse, dq, dk, dv) -> bool``: ``run_backward`` for later
+    calls whose tensors have these shapes, strides and dtypes, made while this call's are at
+    hand; None where those calls need more than a launch (head dims padded, rows copied to align
+    them, lse converted, nothing to compute).  ``launch`` reads only the addresses and returns
+    False without launching when one of the inputs' is not 16-byte aligned."""
+    B, Hq, Sq, D = q.shape
+    _, Hkv, Sk, _ = k.shape
+    hd = padded_head_dim(max(D, v.shape[3]))
+    if B == 0 or Hq == 0 or Sq == 0 or Sk == 0 or D != hd or v.shape[3] != hd:
+        return None
+    sm90 = _checked_family(hd, D, v.shape[3], deterministic, family)
+    strides = tuple(_row_strides(t) for t in (q, k, v, out, grad_out, dq, dk, dv))
+    if None in strides or lse.dtype != torch.float32 or not lse.is_contiguous():
+        return None
+    device = q.device
+    layout = _Layout(strides, B, Hq, Hkv, Sq, Sk, hd, q.dtype, scale, causal, bottom_right,
+                     window_left, window_right, softcap, deterministic, sm90, device)
+    shape = (layout.total,)
+
+    def launch(grad_out, q, k, v, out, lse, dq, dk, dv) -> bool:
+        qp, kp, vp, op, gp = (q.data_ptr(), k.data_ptr(), v.data_ptr(), out.data_ptr(),
+                              grad_out.data_ptr())
+        dqp, dkp, dvp = dq.data_ptr(), dk.data_ptr(), dv.data_ptr()
+        if (qp | kp | vp | op | gp | dqp | dkp | dvp) % _ALIGN_BYTES:
+            return False
+        workspace = _workspace(shape, device)  # held until the launch below is queued
+        base = workspace.data_ptr()
+        _launch(lib, family, layout, device,
+                layout.params(qp, kp, vp, op, gp, lse.data_ptr(), dqp, dkp, dvp, base), base)
+        return True
+
+    return launch

@@ -230,11 +230,11 @@ def record_choices() -> Iterator[list[tuple[str, Choice]]]:
         _recorders.remove(log)
 
 
-def _note(direction: str, choice: Choice) -> Choice:
+def note(direction: str, choice: Choice) -> Choice:
+    """Log an executed call's choice to every ``record_choices`` block open."""
     for log in _recorders:
         log.append((direction, choice))
     return choice
-
 
 
 def _last_dim_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -246,7 +246,7 @@ def run_forward(q, k, v, bias, scale, causal, bottom_right, window_left, window_
     """Compute the forward into out/lse with the implementation ``select_forward`` picks."""
     choice, backend = _choose("forward_unsupported", q, k, v, bias, causal, bottom_right,
                               window_left, window_right, softcap, dropout_p)
-    _note("forward", choice)
+    note("forward", choice)
     if choice.name == REFERENCE:
         reference.forward_into(q, k, v, bias, scale, causal, bottom_right, window_left,
                                window_right, softcap, dropout_p, dropout_seed, out, lse)
@@ -271,7 +271,7 @@ def run_backward(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right,
     if choice.name != REFERENCE and reference.lse_lost_precision(lse, bias):
         choice = Choice(REFERENCE, f"{choice.name} passed over: a row's keys all carry a huge "
                         "finite bias, whose fp32 lse cannot rebuild its probabilities")
-    _note("backward", choice)
+    note("backward", choice)
     if choice.name == REFERENCE:
         reference.backward_into(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right,
                                 window_left, window_right, softcap, dropout_p, dropout_seed,

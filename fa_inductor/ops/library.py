@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import torch
 
-from . import validation
+from . import dispatch, repeat_calls, validation
 
 # The real implementations accept any input strides, but the compiled kernels want the layout
 # the graph was traced with; pin it explicitly rather than rely on the functorch config default.
@@ -69,31 +69,32 @@ _LIB.define(
 )
 
 
-def _dispatch():
-    """The dispatch module (imported late: it imports the kernels and SDPA glue, which the op
-    definitions do not need)."""
-    global _DISPATCH
-    if _DISPATCH is None:
-        from . import dispatch
-
-        _DISPATCH = dispatch
-    return _DISPATCH
-
-
-_DISPATCH = None
-
-
 def attention_forward(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor | None,
     scale: float, causal: bool, bottom_right: bool, window_left: int, window_right: int,
     softcap: float, dropout_p: float, dropout_seed: torch.Tensor | None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The real forward (every device): validate, allocate, let ``dispatch`` run it."""
+    """The real forward (every device): validate, allocate, let ``dispatch`` run it; a call
+    repeating the signature of one a compiled kernel ran goes straight to its launch
+    (``repeat_calls``)."""
+    signature = repeat_calls.forward_signature(q, k, v, bias, scale, causal, bottom_right,
+                                               window_left, window_right, softcap, dropout_p,
+                                               dropout_seed)
+    if signature is not None:
+        plan = repeat_calls.forward_plan(signature, q.device)
+        if plan is not None:
+            out, lse = empty_forward_outputs(q, plan.sizes)
+            if plan.launch(q, k, v, out, lse):
+                dispatch.note("forward", plan.choice)
+                return out, lse
     dims = validation.check_forward(q, k, v, bias, scale, causal, bottom_right, window_left,
                                     window_right, softcap, dropout_p, dropout_seed)
     out, lse = empty_forward_outputs(q, dims)
-    _dispatch().run_forward(q, k, v, bias, scale, causal, bottom_right, window_left,
-                            window_right, softcap, dropout_p, dropout_seed, out, lse)
+    choice = dispatch.run_forward(q, k, v, bias, scale, causal, bottom_right, window_left,
+                                     window_right, softcap, dropout_p, dropout_seed, out, lse)
+    if signature is not None:
+        repeat_calls.keep_forward(signature, choice, dims, q, k, v, out, lse, scale, causal,
+                                  bottom_right, window_left, window_right, softcap)
     return out, lse
 
 
@@ -110,14 +111,30 @@ def attention_backward(
     causal: bool, bottom_right: bool, window_left: int, window_right: int, softcap: float,
     dropout_p: float, dropout_seed: torch.Tensor | None, bias_requires_grad: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The real backward (every device): validate, allocate, let ``dispatch`` run it."""
+    """The real backward (every device): validate, allocate, let ``dispatch`` run it; a call
+    repeating the signature of one a compiled kernel ran goes straight to its launch
+    (``repeat_calls``)."""
+    signature = repeat_calls.backward_signature(grad_out, q, k, v, out, lse, bias, scale, causal,
+                                                bottom_right, window_left, window_right, softcap,
+                                                dropout_p, dropout_seed, bias_requires_grad)
+    if signature is not None:
+        plan = repeat_calls.backward_plan(signature, q.device)
+        if plan is not None:
+            dq, dk, dv, dbias = empty_backward_outputs(q, k, v, bias, False)
+            if plan.launch(grad_out, q, k, v, out, lse, dq, dk, dv):
+                dispatch.note("backward", plan.choice)
+                return dq, dk, dv, dbias
     validation.check_backward(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right,
                               window_left, window_right, softcap, dropout_p, dropout_seed,
                               bias_requires_grad)
     dq, dk, dv, dbias = empty_backward_outputs(q, k, v, bias, bias_requires_grad)
-    _dispatch().run_backward(grad_out, q, k, v, out, lse, bias, scale, causal, bottom_right,
-                             window_left, window_right, softcap, dropout_p, dropout_seed,
-                             dq, dk, dv, dbias if bias_requires_grad else None)
+    choice = dispatch.run_backward(grad_out, q, k, v, out, lse, bias, scale, causal,
+                                      bottom_right, window_left, window_right, softcap, dropout_p,
+                                      dropout_seed, dq, dk, dv,
+                                      dbias if bias_requires_grad else None)
+    if signature is not None:
+        repeat_calls.keep_backward(signature, choice, grad_out, q, k, v, out, lse, scale, causal,
+                                   bottom_right, window_left, window_right, softcap, dq, dk, dv)
     return dq, dk, dv, dbias
 
 
@@ -212,11 +229,28 @@ class _AttentionFunction(torch.autograd.Function):
                 None, None, None, None, None, None, None, None)
 
 
+# autograd.Function.apply is a Python wrapper around this C entry: without functorch transforms
+# it only unwraps dead functorch wrappers among the arguments, walking all thirteen of them with
+# a generator on every call (a third of the autograd layer's host time); the op's tensors are
+# five, known by position.
+_APPLY = super(torch.autograd.Function, _AttentionFunction).apply
+_UNWRAP_IF_DEAD = getattr(torch._C._functorch, "unwrap_if_dead", None)
+
+
+def _apply(keyset, args):
+    if _UNWRAP_IF_DEAD is None or torch._C._are_functorch_transforms_active():
+        return _AttentionFunction.apply(keyset, *args)
+    q, k, v, bias, *scalars, seed = args
+    return _APPLY(keyset, _UNWRAP_IF_DEAD(q), _UNWRAP_IF_DEAD(k), _UNWRAP_IF_DEAD(v),
+                  None if bias is None else _UNWRAP_IF_DEAD(bias), *scalars,
+                  None if seed is None else _UNWRAP_IF_DEAD(seed))
+
+
 def _attention_forward_autograd(keyset, *args):
     q, k, v, bias = args[:4]
     if torch.is_grad_enabled() and (q.requires_grad or k.requires_grad or v.requires_grad
                                     or (bias is not None and bias.requires_grad)):
-        return _AttentionFunction.apply(keyset, *args)
+        return _apply(keyset, args)
     return _redispatch_forward(keyset, args, _plain(keyset))
 
 
