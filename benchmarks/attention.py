@@ -92,7 +92,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "timing, so that it is timed at the clock its own load settles to (after "
                         "a pause the first ~0.2 s of a long kernel's calls ran 5-14%% faster on an "
                         "H100: benchmarks/clock_drift.py) (default %(default)s)")
-    p.add_argument("--rep-ms", type=float, default=100.0, help="do_bench repetition time (ms)")
+    p.add_argument("--rep-ms", type=float, default=100.0,
+                   help="do_bench repetition time (ms), shared by the rounds")
+    p.add_argument("--rounds", type=int, default=2,
+                   help="timing rounds per point: every implementation and direction timed "
+                        "again after the first pass, in reverse order, each round with its own "
+                        "warm-up; repetitions pooled (default %(default)s)")
     p.add_argument("--warmup-calls", type=int, default=3,
                    help="untimed calls before timing (compilation, autotuning) "
                         "(default %(default)s)")
@@ -197,8 +202,11 @@ def benchmark(args, selection) -> int:
         def sync():
             return None
     impl_mod.configure_compiler()
+    rounds_doc = ("" if args.rounds <= 1 else
+                  f"; {args.rounds} rounds per point (the implementations in turn, then again in "
+                  "reverse order; warm-up in each, repetitions pooled)")
     meta = _meta(torch, args, selection, device_name,
-                 f"{timing_doc}; forward {args.fwd_mode}; {BWD_METHODS_DOC}")
+                 f"{timing_doc}{rounds_doc}; forward {args.fwd_mode}; {BWD_METHODS_DOC}")
     run = Run(meta=meta)
     stem = result_stem(device_name, args.dtype, args.quick) + (f"_{slug(args.tag)}" if args.tag
                                                               else "")
@@ -210,7 +218,8 @@ def benchmark(args, selection) -> int:
 
     settings = Settings(dtype=dtype, device=args.device, layout=args.layout,
                         fwd_mode=args.fwd_mode, warmup_calls=args.warmup_calls, seed=args.seed,
-                        check=not args.no_check, budget_s=args.budget_s)
+                        check=not args.no_check, budget_s=args.budget_s,
+                        rounds=max(1, args.rounds))
     runner = Runner(settings, timer, sync, flex_dynamic=args.flex_dynamic)
     shapes = [] if args.no_grid else selection["shapes"]
     started = time.monotonic()

@@ -489,3 +489,63 @@ def test_compiler_settings_allow_backward_on_a_retained_graph():
         # Donated buffers make a compiled backward refuse retain_graph=True (the backward timing).
         assert functorch_config.donated_buffer is False
         assert dynamo_config.recompile_limit >= 256
+
+
+def test_later_rounds_time_every_point_again_in_reverse_order_and_pool_the_repetitions():
+    """A GPU under a power cap runs faster for a while after a pause: the second round takes the
+    implementations in the opposite order, so that none is always timed first."""
+    from attnbench.timing import Timing
+
+    timed, seen = [], []
+
+    def timer(fn, share=1.0):
+        fn()
+        direction = "bwd" if fn.__name__ == "bwd" else "fwd"
+        timed.append((seen[-1], direction))  # the bwd's forward ran in its prepare
+        n = float(len(timed))
+        return Timing(n, n, n, (n, n + 0.5))
+
+    settings = runner.Settings(dtype=torch.float32, device="cpu", layout="bhsd", fwd_mode="grad",
+                               warmup_calls=1, seed=0, check=False, budget_s=None, rounds=2)
+    r = runner.Runner(settings, timer, lambda: None)
+    for name in ("a", "b"):
+        impl = _FakeImpl(lambda q, k, v, name=name: seen.append(name) or q * k + v)
+        impl.id = name
+        r._impls[name] = impl
+    shape = grid.make_shape(16, 32, False, tokens=64, hidden=32)
+    recs = r.run_shape(shape, ["a", "b"], ("fwd", "bwd"))
+    first = [("a", "fwd"), ("a", "bwd"), ("b", "fwd"), ("b", "bwd")]
+    assert timed == first + first[::-1]
+    by = {(x.impl, x.direction): x for x in recs}
+    assert [x.status for x in recs] == [OK] * 4
+    assert all(x.rounds == 2 for x in recs)
+    # a fwd was timed 1st and 8th: samples (1, 1.5, 8, 8.5) pooled.
+    assert by[("a", "fwd")].ms == 4.75 and by[("b", "bwd")].ms == 4.75
+    assert by[("a", "fwd")].ms_p20 < 4 < 5 < by[("a", "fwd")].ms_p80
+
+
+def test_a_failing_later_round_keeps_the_first_rounds_numbers():
+    from attnbench.timing import Timing
+
+    state = {"round": 0}
+
+    def timer(fn, share=1.0):
+        if state["round"] > 0:
+            raise RuntimeError("the GPU went away")
+        fn()
+        return Timing(2.0, 2.0, 2.0, (2.0, 2.0))
+
+    settings = runner.Settings(dtype=torch.float32, device="cpu", layout="bhsd", fwd_mode="grad",
+                               warmup_calls=1, seed=0, check=False, budget_s=None, rounds=3)
+    r = runner.Runner(settings, timer, lambda: None)
+    r._impls["fake"] = _FakeImpl(lambda q, k, v: q * k + v)
+    real_later = r._later_rounds
+
+    def later():
+        state["round"] = 1
+        real_later()
+
+    r._later_rounds = later
+    (rec,) = r.run_shape(grid.make_shape(16, 32, False, tokens=64, hidden=32), ["fake"], ("fwd",))
+    assert rec.status == OK and rec.ms == 2.0 and rec.rounds == 1
+    assert "timing round 2 failed" in rec.detail

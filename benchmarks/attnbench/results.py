@@ -35,6 +35,7 @@ class Record:
     ms_p80: float | None = None
     tflops: float | None = None
     method: str = ""  # how the time was taken (see meta["timing"])
+    rounds: int = 1  # timing rounds whose repetitions the numbers pool
     warmup_s: float | None = None  # first calls: compilation, autotuning, handle creation
     rel_err: float | None = None  # ours only: ||out - ref|| / ||ref|| against an fp32 SDPA
     detail: str = ""

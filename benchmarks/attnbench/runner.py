@@ -16,7 +16,7 @@ from . import ours as ours_probe
 from .grid import (ABLATION_BATCH, ABLATION_HEAD_DIM, ABLATION_HEADS, ABLATION_SEQLEN, Shape,
                    attention_flops, shape_flops, tflops_per_s)
 from .results import ERROR, OK, OOM, SKIPPED, UNSUPPORTED, AblationRecord, Record
-from .timing import Timing, warm_up
+from .timing import Timing, summarize, warm_up
 
 BWD_RETAINED = "retained-graph"
 BWD_SUBTRACT = "fwd+bwd minus fwd"
@@ -49,6 +49,13 @@ class Settings:
     seed: int
     check: bool  # compare every implementation against an fp32 SDPA once per point
     budget_s: float | None
+    # Timing rounds per point: after the first, every (implementation, direction) of the point
+    # is timed again, in reverse order on odd rounds, each round with its own warm-up and a
+    # 1/rounds share of the repetitions; the repetitions of all rounds pooled.  A GPU under a
+    # power cap runs a long kernel faster for a while after a pause or a lighter peer
+    # (benchmarks/clock_drift.py), so one pass in a fixed order would favour whichever
+    # implementation comes first.
+    rounds: int = 1
 
 
 def classify(exc: BaseException) -> str:
@@ -119,6 +126,7 @@ class Runner:
         self.lost: str | None = None  # the sticky error that ended GPU work, if any
         self.deadline = (time.monotonic() + settings.budget_s) if settings.budget_s else None
         self._impls: dict[str, impl_mod.Impl] = {}
+        self._retimes: list[_Retime] = []  # this point's timings, for the later rounds
 
     # ---- inputs --------------------------------------------------------------------------
 
@@ -159,6 +167,7 @@ class Runner:
         reference = _LazyReference(q, k, v, grad_out, shape.causal)
         for impl_id in impl_ids:
             records += self._run_impl(shape, impl_id, directions, q, k, v, grad_out, reference)
+        self._later_rounds()
         del q, k, v, grad_out, reference
         self._free()
         return records
@@ -217,7 +226,7 @@ class Runner:
             return torch.autograd.grad(holder["out"], inputs, grad_out, retain_graph=True)
 
         rec = self._measure(shape, impl, label, "bwd", bwd, torch.enable_grad, BWD_RETAINED,
-                            prepare=prepare)
+                            prepare=prepare, cleanup=holder.clear)
         holder.clear()
         if rec.status != ERROR or self.lost:
             return rec
@@ -230,8 +239,11 @@ class Runner:
         def fwd_bwd():
             return torch.autograd.grad(impl.forward(q, k, v), inputs, grad_out)
 
-        fwd_rec = self._measure(shape, impl, label, "fwd", fwd, torch.enable_grad, "forward")
-        both = self._measure(shape, impl, label, "bwd", fwd_bwd, torch.enable_grad, BWD_SUBTRACT)
+        # One round: the difference of two pooled timings would not be the backward's.
+        fwd_rec = self._measure(shape, impl, label, "fwd", fwd, torch.enable_grad, "forward",
+                                rounds=False)
+        both = self._measure(shape, impl, label, "bwd", fwd_bwd, torch.enable_grad, BWD_SUBTRACT,
+                             rounds=False)
         if both.status != OK or fwd_rec.status != OK:
             both.detail = f"{BWD_RETAINED} failed: {first_failure}; {BWD_SUBTRACT}: " + (
                 both.detail or fwd_rec.detail)
@@ -248,25 +260,64 @@ class Runner:
         both.detail = f"{BWD_RETAINED} failed ({first_failure})"
         return both
 
-    def _measure(self, shape, impl, label, direction, fn, grad_ctx, method, prepare=None) -> Record:
+    def _measure(self, shape, impl, label, direction, fn, grad_ctx, method, prepare=None,
+                 cleanup=None, rounds=True) -> Record:
         rec = self._record(shape, impl.id, label, direction, OK, method=method)
         caught = []
+        share = 1 / self.s.rounds if rounds else 1.0
         try:
             with warnings.catch_warnings(record=True) as caught, impl.context(), grad_ctx():
                 warnings.simplefilter("always")
                 if prepare is not None:
                     prepare()
                 rec.warmup_s = warm_up(fn, self.s.warmup_calls, self.sync)
-                timing = self.timer(fn)
+                timing = self.timer(fn, share)
                 # An asynchronous kernel fault is charged to the implementation that made it.
                 self.sync()
         except Exception as e:  # noqa: BLE001
             self._after_failure(e)
             rec.status, rec.detail = classify(e), describe(e, caught)
             return rec
+        self._set_timing(rec, timing)
+        if rounds and self.s.rounds > 1:
+            self._retimes.append(_Retime(rec, impl, fn, grad_ctx, prepare, cleanup,
+                                         list(timing.samples)))
+        return rec
+
+    @staticmethod
+    def _set_timing(rec: Record, timing: Timing) -> None:
         rec.ms, rec.ms_p20, rec.ms_p80 = timing.median_ms, timing.p20_ms, timing.p80_ms
         rec.tflops = tflops_per_s(rec.flops, rec.ms)
-        return rec
+
+    def _later_rounds(self) -> None:
+        """Rounds 2..N of this point's timings (see Settings.rounds); a round that fails or
+        finds the budget spent leaves a record with the rounds it had."""
+        retimes, self._retimes = self._retimes, []
+        for round_ in range(1, self.s.rounds):
+            for rt in (retimes[::-1] if round_ % 2 else retimes):
+                if rt.failed or self._skip_reason():
+                    continue
+                try:
+                    with warnings.catch_warnings(), rt.impl.context(), rt.grad_ctx():
+                        warnings.simplefilter("ignore")
+                        if rt.prepare is not None:
+                            rt.prepare()
+                        timing = self.timer(rt.fn, 1 / self.s.rounds)
+                        self.sync()
+                except Exception as e:  # noqa: BLE001
+                    self._after_failure(e)
+                    rt.failed = True
+                    rt.rec.detail = (rt.rec.detail + "; " if rt.rec.detail else "") + (
+                        f"timing round {round_ + 1} failed: {describe(e)}")
+                    continue
+                finally:
+                    if rt.cleanup is not None:
+                        rt.cleanup()
+                rt.samples += timing.samples
+                rt.done += 1
+        for rt in retimes:
+            self._set_timing(rt.rec, summarize(rt.samples))
+            rt.rec.rounds = rt.done
 
     def _check(self, rec, impl, q, k, v, grad_out, reference) -> None:
         """Each implementation against an fp32 SDPA on the same inputs, in the same mode it was
@@ -373,6 +424,21 @@ class Runner:
             except Exception as e:  # noqa: BLE001
                 if is_sticky(e):
                     self.lost = describe(e)
+
+
+@dataclass
+class _Retime:
+    """A timing of the point's first round, for the later rounds to add to."""
+
+    rec: Record
+    impl: object
+    fn: Callable
+    grad_ctx: Callable
+    prepare: Callable | None
+    cleanup: Callable | None
+    samples: list[float]
+    done: int = 1
+    failed: bool = False
 
 
 class _LazyReference:

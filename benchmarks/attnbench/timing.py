@@ -9,9 +9,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-QUANTILES = (0.2, 0.5, 0.8)
-
-
 def back_to_back_us(fn: Callable[[], object], calls: int, warmup: int, sync: Callable[[], None]) -> float:
     """Microseconds per call of ``calls`` calls issued back to back with one sync at the end: where
     a call's host work is longer than its device work, this is the host's time per call."""
@@ -30,6 +27,7 @@ class Timing:
     median_ms: float
     p20_ms: float
     p80_ms: float
+    samples: tuple[float, ...] = ()  # every repetition's time (ms), for pooling rounds
 
 
 def warm_up(fn: Callable[[], object], calls: int, sync: Callable[[], None]) -> float:
@@ -58,23 +56,24 @@ def spin_up_gpu(seconds: float, device: str = "cuda") -> float:
     return time.perf_counter() - start
 
 
-def gpu_timer(warmup_ms: float, rep_ms: float) -> tuple[Callable[[Callable], Timing], str]:
-    """A timer taking a callable, and the sentence that says how it times."""
+def gpu_timer(warmup_ms: float, rep_ms: float) -> tuple[Callable[..., Timing], str]:
+    """A timer taking a callable (and the share of the repetition time to spend, for one of
+    several rounds), and the sentence that says how it times."""
     try:
         from triton.testing import do_bench
     except ImportError:
         do_bench = None
     if do_bench is not None:
-        def time_fn(fn: Callable) -> Timing:
-            p20, p50, p80 = do_bench(fn, warmup=warmup_ms, rep=rep_ms, quantiles=list(QUANTILES))
-            return Timing(p50, p20, p80)
+        def time_fn(fn: Callable, share: float = 1.0) -> Timing:
+            return summarize(do_bench(fn, warmup=warmup_ms, rep=rep_ms * share,
+                                      return_mode="all"))
 
         return time_fn, (f"triton.testing.do_bench (CUDA events per repetition, L2 flushed "
                          f"before each; warm-up {warmup_ms:g} ms, repetitions for {rep_ms:g} ms), "
                          "median with 20th-80th percentiles")
 
-    def time_fn(fn: Callable) -> Timing:
-        return _cuda_events(fn, warmup_ms, rep_ms)
+    def time_fn(fn: Callable, share: float = 1.0) -> Timing:
+        return _cuda_events(fn, warmup_ms, rep_ms * share)
 
     return time_fn, (f"CUDA events per repetition (triton missing), L2 flushed before each; "
                      f"warm-up {warmup_ms:g} ms, repetitions for {rep_ms:g} ms; median")
@@ -110,7 +109,7 @@ def _cuda_events(fn: Callable, warmup_ms: float, rep_ms: float) -> Timing:
 
 def cpu_timer(reps: int) -> tuple[Callable[[Callable], Timing], str]:
     """Host clock, for exercising the harness on a machine without a GPU (not for numbers)."""
-    def time_fn(fn: Callable) -> Timing:
+    def time_fn(fn: Callable, share: float = 1.0) -> Timing:  # share: the GPU timers' only
         times = []
         for _ in range(reps):
             t0 = time.perf_counter()
@@ -126,7 +125,8 @@ def summarize(times_ms: list[float]) -> Timing:
     """Median and 20th/80th percentiles (inclusive method: exact on small samples)."""
     if not times_ms:
         raise ValueError("no timings")
-    if len(times_ms) == 1:
-        return Timing(times_ms[0], times_ms[0], times_ms[0])
-    cuts = statistics.quantiles(times_ms, n=10, method="inclusive")
-    return Timing(statistics.median(times_ms), cuts[1], cuts[7])
+    samples = tuple(float(t) for t in times_ms)
+    if len(samples) == 1:
+        return Timing(samples[0], samples[0], samples[0], samples)
+    cuts = statistics.quantiles(samples, n=10, method="inclusive")
+    return Timing(statistics.median(samples), cuts[1], cuts[7], samples)
