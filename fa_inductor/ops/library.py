@@ -91,7 +91,7 @@ def attention_forward(
                                     window_right, softcap, dropout_p, dropout_seed)
     out, lse = empty_forward_outputs(q, dims)
     choice = dispatch.run_forward(q, k, v, bias, scale, causal, bottom_right, window_left,
-                                     window_right, softcap, dropout_p, dropout_seed, out, lse)
+                                  window_right, softcap, dropout_p, dropout_seed, out, lse)
     if signature is not None:
         repeat_calls.keep_forward(signature, choice, dims, q, k, v, out, lse, scale, causal,
                                   bottom_right, window_left, window_right, softcap)
@@ -129,9 +129,8 @@ def attention_backward(
                               bias_requires_grad)
     dq, dk, dv, dbias = empty_backward_outputs(q, k, v, bias, bias_requires_grad)
     choice = dispatch.run_backward(grad_out, q, k, v, out, lse, bias, scale, causal,
-                                      bottom_right, window_left, window_right, softcap, dropout_p,
-                                      dropout_seed, dq, dk, dv,
-                                      dbias if bias_requires_grad else None)
+                                   bottom_right, window_left, window_right, softcap, dropout_p,
+                                   dropout_seed, dq, dk, dv, dbias if bias_requires_grad else None)
     if signature is not None:
         repeat_calls.keep_backward(signature, choice, grad_out, q, k, v, out, lse, scale, causal,
                                    bottom_right, window_left, window_right, softcap, dq, dk, dv)

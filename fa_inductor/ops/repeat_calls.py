@@ -106,25 +106,26 @@ def _keep(plans: dict, signature: tuple, plan: Plan) -> None:
     plans[signature] = plan
 
 
-def _kernel_backend_of(choice: dispatch.Choice, device: torch.device):
-    """The backend that ran a call, where a compiled kernel did (else None)."""
+def _keep_launch(plans: dict, signature: tuple, choice: dispatch.Choice, device: torch.device,
+                 launcher: str, sizes: tuple, args: tuple) -> None:
+    """Keep the launch that the backend's ``launcher`` makes from a call's arguments, where a
+    compiled kernel ran the call (``choice``) and it gives one."""
     if choice.name in (dispatch.REFERENCE, dispatch.SDPA_FLASH, dispatch.SDPA_EFFICIENT):
-        return None
-    return dispatch._kernel_backend(device)
+        return
+    backend = dispatch._kernel_backend(device)  # the one the call was dispatched to
+    make = getattr(backend, launcher, None)
+    launch = None if make is None else make(*args)
+    if launch is not None:
+        _keep(plans, signature, Plan(backend, launch, choice, sizes))
 
 
 def keep_forward(signature: tuple, choice: dispatch.Choice, sizes: tuple, q, k, v, out, lse,
                  scale, causal, bottom_right, window_left, window_right, softcap) -> None:
     """After a forward of ``signature`` ran by ``choice`` into out/lse (as the op allocates
     them): keep its launch if a compiled kernel ran it and later calls need nothing else."""
-    backend = _kernel_backend_of(choice, q.device)
-    launcher = getattr(backend, "forward_launcher", None)
-    if launcher is None:
-        return
-    launch = launcher(q, k, v, out, lse, scale, causal, bottom_right, window_left, window_right,
-                      softcap)
-    if launch is not None:
-        _keep(_forward, signature, Plan(backend, launch, choice, sizes))
+    _keep_launch(_forward, signature, choice, q.device, "forward_launcher", sizes,
+                 (q, k, v, out, lse, scale, causal, bottom_right, window_left, window_right,
+                  softcap))
 
 
 def keep_backward(signature: tuple, choice: dispatch.Choice, grad_out, q, k, v, out, lse,
@@ -132,14 +133,10 @@ def keep_backward(signature: tuple, choice: dispatch.Choice, grad_out, q, k, v, 
                   dq, dk, dv) -> None:
     """After a backward of ``signature`` ran by ``choice`` into dq/dk/dv (as the op allocates
     them): keep its launch if a compiled kernel ran it and later calls need nothing else."""
-    backend = _kernel_backend_of(choice, q.device)
-    launcher = getattr(backend, "backward_launcher", None)
-    if launcher is None:
-        return
-    launch = launcher(grad_out, q, k, v, out, lse, scale, causal, bottom_right, window_left,
-                      window_right, softcap, dq, dk, dv, signature[-1])
-    if launch is not None:
-        _keep(_backward, signature, Plan(backend, launch, choice, ()))
+    deterministic = signature[-1]
+    _keep_launch(_backward, signature, choice, q.device, "backward_launcher", (),
+                 (grad_out, q, k, v, out, lse, scale, causal, bottom_right, window_left,
+                  window_right, softcap, dq, dk, dv, deterministic))
 
 
 def clear() -> None:
