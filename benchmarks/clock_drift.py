@@ -120,9 +120,17 @@ def main() -> int:
     first = {name: statistics.median(m for ch in chunks if ch["impl"] == name
                                      and ch["chunk"] == 0 for m in ch["ms"])
              for name in ("ours", "cudnn")}
+    def steady_median(name, key):
+        values = [x for ch in chunks if ch["impl"] == name and ch["chunk"] >= CHUNKS // 2
+                  for x in ch[key]]
+        return statistics.median(values) if values else float("nan")
+
     print(f"\nfirst chunk of a turn, median ms: ours {first['ours']:.3f}, cuDNN {first['cudnn']:.3f}")
     print(f"steady (second half of each turn), median ms: ours {steady['ours']:.3f}, "
           f"cuDNN {steady['cudnn']:.3f}; ratio cuDNN/ours {steady['cudnn'] / steady['ours']:.3f}")
+    for name in ("ours", "cudnn"):
+        print(f"steady {name:>5}: SM clock {steady_median(name, 'sm_mhz'):.0f} MHz, "
+              f"power {steady_median(name, 'watts'):.0f} W (nvidia-smi samples in those chunks)")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(device=device, shape=dict(B=B, H=H, S=S, D=D, causal=args.causal),
