@@ -13,9 +13,9 @@ points, so short calls left the GPU waiting (benchmarks/results/host_overhead_h1
 What can differ between two calls of one signature is read on every call: the kernel backend the
 dispatcher would use (its environment switch, a backend replaced by a test), the addresses and
 their alignment, the current device and stream (``launch_on``), the logs of ``record_choices``.
-Only plain tensors take this path (no subclass, fake tensor or mode reaches it), without bias or
-dropout seed (so without dropout), and with the scalar types every graph and benchmark passes; anything else, and
-any call the launch refuses, goes the usual way.
+Only plain tensors take this path (not a subclass, fake or functional tensor), without bias or
+dropout seed (so without dropout), with the scalar types every graph and benchmark passes;
+anything else, and any call the launch refuses, goes the usual way.
 """
 
 from __future__ import annotations
