@@ -80,14 +80,29 @@ def launch_on(device: torch.device, launch):
         return launch(torch._C._cuda_getCurrentRawStream(index))
 
 
-def _forward_fields(qs, ks, vs, os_, B, Hq, Hkv, Sq, Sk, hd, dtype, scale, causal, bottom_right,
-                    window_left, window_right, softcap) -> tuple:
-    """FwdParams' fields after the five addresses, in its order (positional construction: keyword
-    construction of a ctypes struct costs more).  Causal is a right window of 0."""
+def _kernel_window(window_left, window_right, causal) -> tuple[int, int]:
+    """The (left, right) window the kernels take (-1: unbounded); causal is a right window of 0."""
     wl = int(window_left) if window_left is not None and window_left >= 0 else -1
     wr = int(window_right) if window_right is not None and window_right >= 0 else -1
     if causal:
         wr = 0 if wr < 0 else min(wr, 0)
+    return wl, wr
+
+
+def _launch_head_dim(q, k, v) -> int | None:
+    """The kernel head dim of a call that needs no padding and has work to launch, else None:
+    what a kept launch (``forward_launcher``, ``backward.backward_launcher``) requires."""
+    hd = padded_head_dim(max(q.shape[3], v.shape[3]))
+    if 0 in (q.shape[0], q.shape[1], q.shape[2], k.shape[2]) or q.shape[3] != hd or v.shape[3] != hd:
+        return None
+    return hd
+
+
+def _forward_fields(qs, ks, vs, os_, B, Hq, Hkv, Sq, Sk, hd, dtype, scale, causal, bottom_right,
+                    window_left, window_right, softcap) -> tuple:
+    """FwdParams' fields after the five addresses, in its order (positional construction: keyword
+    construction of a ctypes struct costs more)."""
+    wl, wr = _kernel_window(window_left, window_right, causal)
     return (*qs, *ks, *vs, *os_, B, Hq, Hkv, Sq, Sk, hd, _DTYPE_CODES[dtype], float(scale),
             float(softcap) if softcap and softcap > 0 else 0.0, wl, wr, int(bool(bottom_right)))
 
@@ -192,10 +207,10 @@ class KernelBackend:
         rows copied to align them, nothing to compute).  ``launch`` reads only the addresses,
         and returns False without launching when one is not 16-byte aligned (this call's
         addresses may have been, the next ones need not be)."""
-        B, Hq, Sq, D = q.shape
+        B, Hq, Sq, _ = q.shape
         _, Hkv, Sk, _ = k.shape
-        hd = padded_head_dim(max(D, v.shape[3]))
-        if B == 0 or Hq == 0 or Sq == 0 or Sk == 0 or D != hd or v.shape[3] != hd:
+        hd = _launch_head_dim(q, k, v)
+        if hd is None:
             return None
         strides = tuple(_row_strides(t) for t in (q, k, v, out))
         if None in strides or not lse.is_contiguous():

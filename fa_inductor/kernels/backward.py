@@ -15,7 +15,9 @@ import math
 
 import torch
 
-from . import _ALIGN_BYTES, _prepared, _row_strides, launch_on, padded_head_dim  # the forward's tensor rules
+# The forward's tensor rules.
+from . import (_ALIGN_BYTES, _kernel_window, _launch_head_dim, _prepared, _row_strides, launch_on,
+               padded_head_dim)
 
 FA_BWD_FP16 = 0
 FA_BWD_BF16 = 1
@@ -151,10 +153,7 @@ class _Layout:
 
     def __init__(self, strides, B, Hq, Hkv, Sq, Sk, hd, dtype, scale, causal, bottom_right,
                  window_left, window_right, softcap, deterministic, sm90, device):
-        wl = int(window_left) if window_left is not None and window_left >= 0 else -1
-        wr = int(window_right) if window_right is not None and window_right >= 0 else -1
-        if causal:
-            wr = 0 if wr < 0 else min(wr, 0)
+        wl, wr = _kernel_window(window_left, window_right, causal)
         diag = (Sk - Sq) if bottom_right else 0
         splits = 1
         if deterministic and not sm90:
@@ -260,12 +259,12 @@ def backward_launcher(lib, grad_out, q, k, v, out, lse, scale, causal, bottom_ri
     hand; None where those calls need more than a launch (head dims padded, rows copied to align
     them, lse converted, nothing to compute).  ``launch`` reads only the addresses and returns
     False without launching when one of the inputs' is not 16-byte aligned."""
-    B, Hq, Sq, D = q.shape
+    B, Hq, Sq, _ = q.shape
     _, Hkv, Sk, _ = k.shape
-    hd = padded_head_dim(max(D, v.shape[3]))
-    if B == 0 or Hq == 0 or Sq == 0 or Sk == 0 or D != hd or v.shape[3] != hd:
+    hd = _launch_head_dim(q, k, v)
+    if hd is None:
         return None
-    sm90 = _checked_family(hd, D, v.shape[3], deterministic, family)
+    sm90 = _checked_family(hd, hd, hd, deterministic, family)
     strides = tuple(_row_strides(t) for t in (q, k, v, out, grad_out, dq, dk, dv))
     if None in strides or lse.dtype != torch.float32 or not lse.is_contiguous():
         return None
