@@ -1,6 +1,7 @@
 """Where an attention call's GPU time goes: each kernel's time per call, ours beside SDPA's.
 
-For every point (head dim, seqlen at 16k tokens, 16 heads, bf16, causal and not) and every
+For every point (head dim, seqlen at 16k tokens, 16 heads or the heads of a hidden size, bf16,
+causal and not) and every
 implementation (our kernel families called directly, SDPA's cuDNN and flash backends), the
 forward and the backward are each run a few times under ``torch.profiler``; the kernels (and
 memsets/copies) are summed by name and divided by the number of calls, beside the wall time per
@@ -103,6 +104,8 @@ def main() -> int:
     ap.add_argument("--seqlens", default="1024,2048,8192")
     ap.add_argument("--causal", default="0,1", help="comma-separated 0/1")
     ap.add_argument("--calls", type=int, default=5)
+    ap.add_argument("--hidden", type=int, default=0,
+                    help="heads = hidden / head dim, as in the benchmark grid (hidden 2048); default 16 heads")
     ap.add_argument("--out", default="kernel_breakdown.json")
     ap.add_argument("--peers", default=",".join(SDPA_BACKENDS), help="SDPA backends to time beside ours")
     ap.add_argument("--directions", default="fwd,bwd")
@@ -121,10 +124,14 @@ def main() -> int:
     fwd_family = args.fwd_family or backend.forward_name
     print(f"kernel breakdown on {dev}: ours (fwd {fwd_family}, "
           f"bwd {args.bwd_family or backend.backward_name}) vs "
-          f"{', '.join(peers) or 'no peers'}; bf16, 16 heads, 16k tokens, {args.calls} calls per measurement", flush=True)
+          f"{', '.join(peers) or 'no peers'}; bf16, {f'hidden {args.hidden}' if args.hidden else '16 heads'}, "
+          f"16k tokens, {args.calls} calls per measurement", flush=True)
     rows = []
-    H, tokens = 16, 16384
+    tokens = 16384
     for D in (int(x) for x in args.head_dims.split(",")):
+        if args.hidden and args.hidden % D:
+            raise SystemExit(f"--hidden {args.hidden} is not a multiple of head dim {D}")
+        H = args.hidden // D if args.hidden else 16
         for causal in (bool(int(x)) for x in args.causal.split(",")):
             for S in (int(x) for x in args.seqlens.split(",")):
                 B = max(1, tokens // S)

@@ -46,18 +46,22 @@ struct BlockRange {
   int min, max;
 };
 
-template <class Traits, bool Is_local>
-CUTE_DEVICE BlockRange key_blocks(int m_block, int seqlen_q, KeyRange const& keys) {
-  constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN;
+// Key blocks that query rows [row_begin, last_row] see.
+template <int kBlockN, bool Is_local>
+CUTE_DEVICE BlockRange rows_key_blocks(int row_begin, int last_row, KeyRange const& keys) {
   BlockRange r{0, ceil_div(keys.seqlen_k, kBlockN)};
   if constexpr (Is_local) {
-    const int row_begin = m_block * kBlockM;
-    const int last_row = min(seqlen_q, row_begin + kBlockM) - 1;
     r.min = keys.lo(row_begin) / kBlockN;
     const int hi = keys.hi(last_row);
     r.max = min(r.max, hi <= 0 ? 0 : ceil_div(hi, kBlockN));
   }
   return r;
+}
+
+template <class Traits, bool Is_local>
+CUTE_DEVICE BlockRange key_blocks(int m_block, int seqlen_q, KeyRange const& keys) {
+  const int row_begin = m_block * Traits::kBlockM;
+  return rows_key_blocks<Traits::kBlockN, Is_local>(row_begin, min(seqlen_q, row_begin + Traits::kBlockM) - 1, keys);
 }
 
 // Tile counters of dynamically scheduled launches, one per launch in flight (the host hands them
@@ -302,8 +306,36 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
     return s;
   };
 
+  // With a mask, a warpgroup's 64 rows may see fewer key blocks than the tile's rows: with keys
+  // tiles narrower than the query tile (head dims 64 with three warpgroups, 192 and 256) the first
+  // warpgroup's last block is often wholly masked, a tenth of the products of a causal 512-token
+  // launch.  It skips such blocks: waits for their stages and releases them (the producer loads
+  // what the tile's rows need), and passes its turn, so that every warpgroup takes as many turns
+  // as the tile has blocks plus one.  Only with a producer warpgroup and the intra-warpgroup
+  // pipeline (one turn per block); a warpgroup whose rows see no key keeps the tile's range.
+  constexpr bool kOwnRange = Is_local && kWarpgroups > 1 && Schedule::kWarpSpecialized && Schedule::kIntraWgOverlap;
+  BlockRange mine = blocks;
+  if constexpr (kOwnRange) {
+    const BlockRange rows = rows_key_blocks<kBlockN, Is_local>(row0, last_row, keys);
+    const BlockRange clipped{max(rows.min, blocks.min), min(rows.max, blocks.max)};
+    if (clipped.max > clipped.min) mine = clipped;
+  }
+  auto skip_block = [&](bool last) {
+    pipeline_k.consumer_wait(state_k);
+    pipeline_k.consumer_release(state_k);
+    ++state_k;
+    pipeline_v.consumer_wait(state_v);
+    pipeline_v.consumer_release(state_v);
+    ++state_v;
+    sched_wait();
+    sched_release(last);
+  };
+  if constexpr (kOwnRange) {
+    for (int skipped = blocks.max - mine.max; skipped > 0; --skipped) skip_block(false);
+  }
+
   // First block: S only.
-  int n = blocks.max - 1;
+  int n = mine.max - 1;
   Tensor acc_s = partition_fragment_C(mma_qk, Shape<Int<kRows>, Int<kBlockN>>{});
   pipeline_k.consumer_wait(state_k);
   sched_wait();
@@ -321,7 +353,7 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
   convert_into(acc_s, rP);
 
   if constexpr (!Schedule::kIntraWgOverlap) {  // ablation: S, softmax and P.V one after the other
-    for (--n; n >= blocks.min; --n) {
+    for (--n; n >= mine.min; --n) {
       pipeline_v.consumer_wait(state_v);
       sched_wait();
       wgmma<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
@@ -343,7 +375,7 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
       convert_into(acc_s, rP);
     }
   } else {
-    for (--n; n >= blocks.min; --n) {
+    for (--n; n >= mine.min; --n) {
       Tensor acc_s_next = partition_fragment_C(mma_qk, Shape<Int<kRows>, Int<kBlockN>>{});
       pipeline_k.consumer_wait(state_k);
       sched_wait();
@@ -376,10 +408,14 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
   pipeline_v.consumer_wait(state_v);
   sched_wait();
   wgmma<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
-  sched_release(true);
+  const int skipped_after = mine.min - blocks.min;
+  sched_release(skipped_after == 0);
   warpgroup_wait<0>();
   pipeline_v.consumer_release(state_v);
   ++state_v;
+  if constexpr (kOwnRange) {
+    for (int skipped = skipped_after; skipped > 0; --skipped) skip_block(skipped == 1);
+  }
 }
 
 }  // namespace fa::sm90

@@ -338,6 +338,19 @@ def test_causal_grid_with_many_heads(backend, D):
     check_case(backend, 40, 32, 8, 300, 260, D, causal=True, bottom_right=True)
 
 
+@pytest.mark.parametrize("D", [64, 192, 256])
+@pytest.mark.parametrize("causal,bottom_right,wl,wr", [
+    (True, False, -1, -1), (True, True, -1, -1), (False, False, 40, 0), (False, True, 10, 30)])
+def test_warpgroups_visit_only_the_key_blocks_their_rows_see(backend, D, causal, bottom_right, wl, wr):
+    """With a mask, each consumer warpgroup of an SM90 query tile visits only the key blocks its
+    own 64 rows see: under a causal diagonal the first warpgroup skips the tile's last blocks, under
+    a sliding window the last one skips the first (key tiles narrower than the query tile: head
+    dim 64 beyond 2048 keys, 192, 256).  Rows on both sides of every skipped block must still see
+    exactly their keys."""
+    Sk = 2500 if D == 64 else 700
+    check_case(backend, 2, 3, 1, 650, Sk, D, causal=causal, bottom_right=bottom_right, wl=wl, wr=wr)
+
+
 @pytest.mark.parametrize("Sk", [511, 512, 513, 1023, 1024, 1025])
 def test_head_dim_256_tile_shape_switch(backend, Sk):
     """Head dim 256 runs 64-key tiles up to 512 keys without a mask and up to 1024 with one, and
