@@ -306,7 +306,7 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
     return s;
   };
 
-  // With a mask, a warpgroup's 64 rows may see fewer key blocks than the tile's rows: with keys
+  // With a mask, a warpgroup's 64 rows may see fewer key blocks than the tile's rows: with key
   // tiles narrower than the query tile (head dims 64 with three warpgroups, 192 and 256) the first
   // warpgroup's last block is often wholly masked, a tenth of the products of a causal 512-token
   // launch.  It skips such blocks: waits for their stages and releases them (the producer loads
