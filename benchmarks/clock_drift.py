@@ -114,23 +114,21 @@ def main() -> int:
         watts = f"{statistics.median(ch['watts']):5.0f}" if ch["watts"] else "    -"
         print(f"{ch['turn']:4d} {ch['impl']:>6} {ch['chunk']:5d} {ch['t1'] - base:6.2f} "
               f"{statistics.median(ch['ms']):9.3f} {mhz} {watts}")
-    steady = {name: statistics.median(m for ch in chunks if ch["impl"] == name
-                                      and ch["chunk"] >= CHUNKS // 2 for m in ch["ms"])
-              for name in ("ours", "cudnn")}
-    first = {name: statistics.median(m for ch in chunks if ch["impl"] == name
-                                     and ch["chunk"] == 0 for m in ch["ms"])
-             for name in ("ours", "cudnn")}
-    def steady_median(name, key):
-        values = [x for ch in chunks if ch["impl"] == name and ch["chunk"] >= CHUNKS // 2
-                  for x in ch[key]]
+    def median_over(name, key, steady_half):
+        """Median of `key` over an implementation's chunks: the second half of each turn (steady)
+        or each turn's first chunk."""
+        values = [x for ch in chunks if ch["impl"] == name
+                  and (ch["chunk"] >= CHUNKS // 2 if steady_half else ch["chunk"] == 0) for x in ch[key]]
         return statistics.median(values) if values else float("nan")
 
+    steady = {name: median_over(name, "ms", True) for name in ("ours", "cudnn")}
+    first = {name: median_over(name, "ms", False) for name in ("ours", "cudnn")}
     print(f"\nfirst chunk of a turn, median ms: ours {first['ours']:.3f}, cuDNN {first['cudnn']:.3f}")
     print(f"steady (second half of each turn), median ms: ours {steady['ours']:.3f}, "
           f"cuDNN {steady['cudnn']:.3f}; ratio cuDNN/ours {steady['cudnn'] / steady['ours']:.3f}")
     for name in ("ours", "cudnn"):
-        print(f"steady {name:>5}: SM clock {steady_median(name, 'sm_mhz'):.0f} MHz, "
-              f"power {steady_median(name, 'watts'):.0f} W (nvidia-smi samples in those chunks)")
+        print(f"steady {name:>5}: SM clock {median_over(name, 'sm_mhz', True):.0f} MHz, "
+              f"power {median_over(name, 'watts', True):.0f} W (nvidia-smi samples in those chunks)")
     if args.out:
         with open(args.out, "w") as f:
             json.dump(dict(device=device, shape=dict(B=B, H=H, S=S, D=D, causal=args.causal),
