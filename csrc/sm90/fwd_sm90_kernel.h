@@ -1,5 +1,6 @@
 // The SM90 forward kernel: persistent (one CTA per SM, two for single-warpgroup tiles, walks the
-// tiles TileScheduler hands it: in turn without a mask, from an atomic counter with one) and
+// tiles TileScheduler hands it: in turn without a mask; with one from an atomic counter, or in
+// units of a long and a short tile where the producer has no registers for the counter) and
 // warp-specialised (one producer warpgroup issuing TMA loads, consumer warpgroups running wgmma and
 // the softmax), registers moved from the producer to the consumers with setmaxnreg.
 #pragma once
@@ -66,7 +67,7 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), Traits::kC
     cutlass::arch::warpgroup_reg_dealloc<Traits::template kProducerRegisters<kDynamic>>();
     if (threadIdx.x == 0) {
       int index = 0;
-      for (int t = blockIdx.x; t < scheduler.total; ++index) {
+      for (int t = blockIdx.x; t < scheduler.end; ++index) {
         const auto tile = scheduler.tile(t, args.seqlen_q, keys);
         for (int n = loader.template begin_tile<kDynamic>(tile, index, t); n >= tile.blocks.min; --n) loader.load_kv(tile, n);
         t = scheduler.next_tile(t);
@@ -116,9 +117,10 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), Traits::kC
       process(scheduler.tile(t, args.seqlen_q, keys), index);
     }
   } else {
-    // This CTA's tiles are blockIdx.x, + gridDim.x, ..., worked out while their Q is on its way.
+    // This CTA's tiles (blockIdx.x, then as TileScheduler::next_tile says), worked out while
+    // their Q is on its way.
     int index = 0;
-    for (int t = blockIdx.x; t < scheduler.total; t += gridDim.x, ++index) {
+    for (int t = blockIdx.x; t < scheduler.end; t = scheduler.next_tile(t), ++index) {
       const auto tile = scheduler.tile(t, args.seqlen_q, keys);
       if (self_loading) loader.template begin_tile<false>(tile, index, t);
       Barrier::wait(&smem.barrier_q[q_buffer<Traits>(index)], q_phase<Traits>(index));

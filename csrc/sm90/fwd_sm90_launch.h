@@ -68,13 +68,18 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
   if (int status = multiprocessor_count(sms); status != FA_OK) return status;
   const int slots = sms * Traits::kCtasPerSm;
   int grid = int(tiles) < slots ? int(tiles) : slots;
-  if constexpr (Is_local) {
+  using Scheduler = TileScheduler<Traits, Schedule, Is_local>;
+  if constexpr (Scheduler::kFolded) {
+    const int m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+    const int64_t units = int64_t(Scheduler::units_per_head(m_blocks)) * p.heads_q * p.batch;
+    grid = int(units < slots ? units : slots);
+  } else if constexpr (Is_local) {
     const int m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
     if (int status = masked_grid_order<fa_fwd_sm90_kernel<Traits, Schedule, Is_local, Is_softcap>>(
             kernel_threads<Traits, Schedule>(), smem, m_blocks, p.heads_q * p.batch, args.order);
         status != FA_OK)
       return status;
-    if constexpr (TileScheduler<Traits, Schedule, Is_local>::kDynamic) {
+    if constexpr (Scheduler::kDynamic) {
       args.counter = next_tile_counter();
     } else {
       grid = int(tiles);  // a CTA per tile, see TileScheduler

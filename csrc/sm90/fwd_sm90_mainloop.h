@@ -71,27 +71,38 @@ constexpr int kTileCounters = 1024;
 static __device__ unsigned int g_tile_counters[kTileCounters];
 
 // The grid's tiles in launch order: query tiles of one head are adjacent (they share K and V in
-// L2); with a causal or window mask each head's tiles run from the last (most keys) to the first,
-// and the launch's TileOrder takes the last group of heads rank by rank, so that short tiles fill
-// the tail.  CTA c starts with tile c.  Without a mask every tile costs the same and CTA c then
-// takes c + gridDim.x, ... (one CTA per SM).  With a mask tile costs differ by up to the number of
-// key blocks and a static assignment leaves some SMs with several times the work of others: there
-// each CTA takes the next tile of the order from an atomic counter when it starts one, as a
-// hardware launch of one CTA per tile would, but with the next tile's loads issued under the
-// current one.  That needs a producer warpgroup to take the tiles and registers for its loop:
-// otherwise (the ablation without warp specialisation, the tile shapes with no registers to spare,
-// see Traits::kDynamicWhenMasked) a masked launch has one CTA per tile.  The kernel and the launch
-// both go by kDynamic.
+// L2).  Without a mask every tile costs the same: CTA c (one per SM) takes tiles c, c + gridDim.x,
+// ....  With a causal or window mask tile costs differ by up to the number of key blocks and that
+// static assignment would leave some SMs with several times the work of others.  Two remedies:
+//  - kDynamic: each head's tiles run from the last (most keys) to the first, the launch's
+//    TileOrder takes the last group of heads rank by rank so that short tiles fill the tail, and
+//    each CTA takes the next tile of that order from an atomic counter when it starts one, as a
+//    hardware launch of one CTA per tile would, but with the next tile's loads issued under the
+//    current one.  The producer's loop then needs registers for the counter (Traits::kDynamicWhenMasked).
+//  - kFolded, where those registers are not to be had (Traits::kFoldedWhenMasked): a head's tiles
+//    are folded into units of two, its longest with its shortest, its second longest with its
+//    second shortest, ..., whose costs with a causal mask are the same (m + 1 of a head's m
+//    tiles' worth of keys), and CTA c works units c, c + gridDim.x, ..., each long tile first,
+//    with the next tile's loads under the current one as without a mask.  Units of one head are
+//    adjacent, so the CTAs working them at once share its K and V in L2.  What this loses against
+//    a CTA per tile is the last round of units, which leaves SMs idle when their count is not a
+//    multiple of the grid's.
+// Otherwise (head dim 256's widest tiles, and without a producer warpgroup: the ablation without
+// warp specialisation) a masked launch has one CTA per tile in the TileOrder.  The kernel and the
+// launch both go by kDynamic and kFolded.
 template <class Traits, class Schedule, bool Is_local>
 struct TileScheduler {
   static constexpr bool kDynamic = Schedule::kWarpSpecialized && Is_local && Traits::kDynamicWhenMasked;
+  static constexpr bool kFolded = Schedule::kWarpSpecialized && Is_local && Traits::kFoldedWhenMasked;
   int num_m_blocks, heads, total;
+  int end;  // the loops run while t < end: total, or (kFolded) past the last unit's tiles
   TileOrder order;
   int counter;
 
   CUTE_DEVICE explicit TileScheduler(FwdArgs<Traits> const& args)
       : num_m_blocks((args.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM), heads(args.heads_q),
-        total(num_m_blocks * args.heads_q * args.batch), order(args.order), counter(args.counter) {}
+        total(num_m_blocks * args.heads_q * args.batch), end(kFolded ? INT_MAX : total), order(args.order),
+        counter(args.counter) {}
 
   struct Tile {
     int m_block, head, batch;
@@ -101,7 +112,13 @@ struct TileScheduler {
 
   CUTE_DEVICE Tile tile(int t, int seqlen_q, KeyRange const& keys) const {
     int m = t % num_m_blocks, head_batch = t / num_m_blocks;
-    if constexpr (Is_local) {
+    if constexpr (kFolded) {
+      // t = CTA + step * gridDim.x; steps 2j and 2j + 1 are unit CTA + j * gridDim.x.
+      const int step = t / int(gridDim.x);
+      int f;
+      unit_of(t - step * int(gridDim.x) + (step >> 1) * int(gridDim.x), head_batch, f);
+      m = (step & 1) ? f : num_m_blocks - 1 - f;
+    } else if constexpr (Is_local) {
       order.tile(t, m, head_batch);
       m = num_m_blocks - 1 - m;
     }
@@ -110,10 +127,33 @@ struct TileScheduler {
     return tile;
   }
 
+  // kFolded: units per head (the middle tile of an odd count is a unit of one) and in the launch.
+  CUTE_HOST_DEVICE static int units_per_head(int m_blocks) { return (m_blocks + 1) / 2; }
+  CUTE_DEVICE void unit_of(int u, int& head_batch, int& f) const {
+    const int per_head = units_per_head(num_m_blocks);
+    head_batch = u / per_head;
+    f = u - head_batch * per_head;
+  }
+
   // The producer's next tile, taken once it has issued the current one's loads (those run ahead
-  // of the consumers by the pipeline's stages, which cover the atomic's latency).
+  // of the consumers by the pipeline's stages, which cover the atomic's latency); the consumers'
+  // too, except under kDynamic, where the producer posts each tile's number.
   CUTE_DEVICE int next_tile(int t) const {
-    if constexpr (!kDynamic) {
+    if constexpr (kFolded) {
+      const int grid = int(gridDim.x);
+      int next = t + grid;
+      int step = next / grid;
+      const int units = units_per_head(num_m_blocks) * (total / num_m_blocks);
+      if (step & 1) {
+        int head_batch, f;
+        unit_of(int(blockIdx.x) + (step >> 1) * grid, head_batch, f);
+        if (2 * f + 1 == num_m_blocks) {  // the middle tile: a unit of one
+          next += grid;
+          ++step;
+        }
+      }
+      return int(blockIdx.x) + (step >> 1) * grid < units ? next : end;
+    } else if constexpr (!kDynamic) {
       return t + gridDim.x;
     } else {
       const unsigned ticket = atomicAdd(&g_tile_counters[counter], 1u);

@@ -41,8 +41,16 @@ struct FwdTraits {
   // the counter: 16 registers more for it, 8 fewer per consumer thread (with fewer it spilled about
   // 190 bytes at head dim 128).  Wider head dims and three consumer warpgroups have none to spare
   // (with them 1-3% and 19-34% slower on an H100, sm90_fwd_h100.md), nor head dim 96 (its
-  // consumers spill 4-16 bytes at 232): those keep a CTA per masked tile.
+  // consumers spill 4-16 bytes at 232): those take folded units (below).
   static constexpr bool kDynamicWhenMasked = kConsumerWarpgroups <= 2 && (kHeadDim == 64 || kHeadDim == 128);
+  // The others' masked launches take each head's tiles in folded units of a long and a short tile
+  // on persistent CTAs (TileScheduler), except head dim 256's 80-key tiles (more than 1k keys),
+  // which keep a CTA per tile.  Same-lease A/B against a CTA per tile (H100, 16k tokens, causal,
+  // benchmarks/results/ab_h100_sm90_fwd_folded*.json): head dim 96 1.22x at 512 keys, 1.15x at 1k,
+  // 1.06x at 2k, 1.01x at 8k; 192 0.995-1.026x; 64's 192-row tiles 1.04-1.05x at 4k, level at 8k,
+  // 0.994x at 16k; 256's 64-key tiles 1.015x at 512, 0.989x at 1k, its 80-key ones 0.99x from 2k.
+  // (The same with the choice made at run time, per key count, ran 3% slower at head dim 64 4k.)
+  static constexpr bool kFoldedWhenMasked = !kDynamicWhenMasked && !(kHeadDim == 256 && kBlockN == 80);
   template <bool Dynamic>
   static constexpr int kProducerRegisters = Dynamic ? 40 : 24;
   // One consumer warpgroup: two CTAs of 256 threads share the register file (128 each at launch).

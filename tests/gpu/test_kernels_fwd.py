@@ -351,6 +351,19 @@ def test_warpgroups_visit_only_the_key_blocks_their_rows_see(backend, D, causal,
     check_case(backend, 2, 3, 1, 650, Sk, D, causal=causal, bottom_right=bottom_right, wl=wl, wr=wr)
 
 
+@pytest.mark.parametrize("D,Sq,Sk", [
+    (64, 950, 2100), (64, 700, 4096), (96, 635, 635), (192, 500, 900), (256, 635, 1000), (256, 512, 512)])
+@pytest.mark.parametrize("bottom_right", [False, True])
+def test_masked_tiles_taken_in_long_and_short_pairs(backend, D, Sq, Sk, bottom_right):
+    """Where the SM90 producer has no registers for a tile counter (head dims 96 and 192, 256 up to
+    1k keys, 64 on its 192-row tiles), a masked launch's persistent CTAs take each head's tiles in
+    units of two, its longest with its shortest, and with an odd count the middle tile alone.  Odd
+    and even counts of tiles per head (5 and 4 here), more units than CTAs, GQA: every tile
+    computed once, for its own head."""
+    check_case(backend, 4, 16, 4, Sq, Sk, D, causal=True, bottom_right=bottom_right)
+    check_case(backend, 3, 18, 6, Sq, Sk, D, wl=150, wr=0, bottom_right=bottom_right)
+
+
 @pytest.mark.parametrize("Sk", [511, 512, 513, 1023, 1024, 1025])
 def test_head_dim_256_tile_shape_switch(backend, Sk):
     """Head dim 256 runs 64-key tiles up to 512 keys without a mask and up to 1024 with one, and
