@@ -367,6 +367,25 @@ def test_backward_falls_back_to_subtracting_the_forward():
     assert "retained-graph failed" in rec.detail
 
 
+@pytest.mark.parametrize("fwd_mode,autograd", [("grad", True), ("no_grad", False)])
+def test_a_forward_timed_alone_runs_in_the_asked_mode(fwd_mode, autograd):
+    """A forward "with grad" is a training step's forward: its inputs require grad even where the
+    backward is not timed at the point (else it would skip autograd); under no_grad it never
+    records a graph."""
+    seen = []
+    r = _tiny_runner()
+    r.s.fwd_mode = fwd_mode
+
+    def forward(q, k, v):
+        seen.append(torch.is_grad_enabled() and q.requires_grad)
+        return q * k + v
+
+    r._impls["fake"] = _FakeImpl(forward)
+    (rec,) = r.run_shape(grid.make_shape(16, 32, False, tokens=64, hidden=32), ["fake"], ("fwd",))
+    assert rec.status == OK, rec.detail
+    assert seen and all(s == autograd for s in seen)
+
+
 def test_a_lost_cuda_context_skips_the_rest_instead_of_crashing():
     def crash(q, k, v):
         raise RuntimeError("CUDA error: an illegal memory access was encountered")

@@ -159,7 +159,10 @@ class Runner:
             return [self._emit(self._record(shape, i, i, d, SKIPPED, detail=skip))
                     for i in impl_ids for d in directions]
         try:
-            q, k, v, grad_out = self.make_inputs(shape, requires_grad="bwd" in directions)
+            # A forward timed "with grad" is a training step's: its inputs require grad whether or
+            # not the backward is timed here too (without, the forward would skip autograd).
+            grad = "bwd" in directions or ("fwd" in directions and self.s.fwd_mode == "grad")
+            q, k, v, grad_out = self.make_inputs(shape, requires_grad=grad)
         except Exception as e:  # noqa: BLE001 - even the inputs may not fit
             self._after_failure(e)
             return [self._emit(self._record(shape, i, i, d, classify(e), detail=describe(e)))
