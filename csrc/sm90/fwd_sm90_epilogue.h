@@ -1,8 +1,8 @@
 // Epilogue of the SM90 forward: one normalisation of each warpgroup's output rows, lse, and the
 // store through shared memory (stmatrix) and one TMA bulk store per warpgroup, which also clips
 // the rows past seqlen_q.  The output is staged in the warpgroup's own buffer where one fits
-// (Traits::kSeparateO), else over its part of Q; then, once the store has read it, the warpgroup
-// arrives on barrier_q_free so the producer may load the next tile's Q.
+// (Traits::kSeparateO), else over the tile's last K stage (first warpgroup) or V stage (second),
+// which the storing thread releases to the producer once the store has read it.
 #pragma once
 
 #include <cute/tensor.hpp>
@@ -17,34 +17,42 @@ namespace fa::sm90 {
 
 using namespace cute;
 
-// Where this warpgroup stages its output: its own buffer, once the previous tile's store has read
-// it (that store is waited for here, a tile later, not right after it is issued), or its part of Q,
-// whose last S product has been waited for.
+// Its own buffer, once the previous tile's store has read it (that store is waited for here, a
+// tile later, not right after it is issued).
 template <class Traits>
-CUTE_DEVICE typename Traits::Element* output_staging(typename Traits::SharedStorage& smem, int warpgroup, int thread) {
+CUTE_DEVICE typename Traits::Element* own_output_buffer(typename Traits::SharedStorage& smem, int warpgroup, int thread) {
+  if (thread == 0) tma_store_wait<0>();
+  named_barrier_sync(epilogue_barrier<Traits>(warpgroup), 128);
+  return smem.o[warpgroup].data();
+}
+
+// Where this warpgroup stages its output: its own buffer, or stage `last_stage` of K (first
+// warpgroup) or V (second) once no warpgroup's product reads it any more.
+template <class Traits>
+CUTE_DEVICE typename Traits::Element* output_staging(typename Traits::SharedStorage& smem, int warpgroup, int thread,
+                                                     int last_stage) {
   if constexpr (Traits::kSeparateO) {
-    if (thread == 0) tma_store_wait<0>();
-    named_barrier_sync(epilogue_barrier<Traits>(warpgroup), 128);
-    return smem.o[warpgroup].data();
+    return own_output_buffer<Traits>(smem, warpgroup, thread);
   } else {
-    return q_smem<Traits>(smem, 0, warpgroup);  // one Q buffer
+    named_barrier_sync(products_done_barrier<Traits>(), Traits::kConsumerThreads);
+    return (warpgroup == 0 ? smem.k.data() : smem.v.data()) + last_stage * Traits::kStageElems;
   }
 }
 
-// After the storing thread has issued the output's TMA store: staged over Q, the store must have
-// read it before the next tile's Q may come.
-template <class Traits>
-CUTE_DEVICE void output_stored(typename Traits::SharedStorage& smem) {
+// After the storing thread has issued the output's TMA store: staged over K/V, the stage goes back
+// to the producer (release_stage) once the store has read it.
+template <class Traits, class ReleaseStage>
+CUTE_DEVICE void output_stored(ReleaseStage&& release_stage) {
   if constexpr (!Traits::kSeparateO) {
     tma_store_wait<0>();
-    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free[0]);
+    release_stage();
   }
 }
 
-template <class Traits, class AccO, class Softmax>
+template <class Traits, class AccO, class Softmax, class ReleaseStage>
 CUTE_DEVICE void store_tile(FwdArgs<Traits> const& args, typename Traits::SharedStorage& smem, int warpgroup,
                             int thread, int head, int batch, int row0, float softmax_scale, AccO& acc_o,
-                            Softmax& softmax) {
+                            Softmax& softmax, int last_stage, ReleaseStage&& release_stage) {
   using Element = typename Traits::Element;
   constexpr int kRows = Traits::kRowsPerWarpgroup;
   constexpr int kHeadDim = Traits::kHeadDim;
@@ -75,7 +83,8 @@ CUTE_DEVICE void store_tile(FwdArgs<Traits> const& args, typename Traits::Shared
     }
   }
 
-  Tensor sO = make_tensor(make_smem_ptr(output_staging<Traits>(smem, warpgroup, thread)), typename Traits::SmemLayoutO{});
+  Tensor sO = make_tensor(make_smem_ptr(output_staging<Traits>(smem, warpgroup, thread, last_stage)),
+                         typename Traits::SmemLayoutO{});
   Tensor rO = convert_type<Element>(acc_o);
   auto smem_copy = make_tiled_copy_C(Copy_Atom<SM90_U32x4_STSM_N, Element>{}, mma_pv);
   auto smem_thr_copy = smem_copy.get_thread_slice(thread);
@@ -89,7 +98,7 @@ CUTE_DEVICE void store_tile(FwdArgs<Traits> const& args, typename Traits::Shared
     auto tma_o = args.tma_o.get_slice(_0{});
     copy(args.tma_o, tma_o.partition_S(sO), tma_o.partition_D(gO)(_, _, _, row0 / kRows));
     tma_store_arrive();
-    output_stored<Traits>(smem);
+    output_stored<Traits>(release_stage);
   }
 }
 
@@ -100,9 +109,15 @@ CUTE_DEVICE void store_empty_tile(FwdArgs<Traits> const& args, typename Traits::
   using Element = typename Traits::Element;
   constexpr int kRows = Traits::kRowsPerWarpgroup;
   constexpr int kHeadDim = Traits::kHeadDim;
-  // Q is not read for such a tile.
-  if constexpr (Traits::kSeparateO) cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free[qbuf]);
-  Element* sO = output_staging<Traits>(smem, warpgroup, thread);
+  // Q is not read for such a tile: the zeros are staged in the output's buffer, or else over Q,
+  // which is then free once their store has read it.
+  Element* sO;
+  if constexpr (Traits::kSeparateO) {
+    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free[qbuf]);
+    sO = own_output_buffer<Traits>(smem, warpgroup, thread);
+  } else {
+    sO = q_smem<Traits>(smem, qbuf, warpgroup);
+  }
   for (int i = thread; i < kRows * kHeadDim; i += 128) sO[i] = Element(0.f);  // zero in any layout
   float* lse_ptr = args.lse + (int64_t(batch) * args.heads_q + head) * args.seqlen_q;
   for (int r = thread; r < kRows; r += 128) {
@@ -117,7 +132,11 @@ CUTE_DEVICE void store_empty_tile(FwdArgs<Traits> const& args, typename Traits::
     auto tma_o = args.tma_o.get_slice(_0{});
     copy(args.tma_o, tma_o.partition_S(sOt), tma_o.partition_D(gO)(_, _, _, row0 / kRows));
     tma_store_arrive();
-    output_stored<Traits>(smem);
+    if constexpr (!Traits::kSeparateO) tma_store_wait<0>();
+  }
+  if constexpr (!Traits::kSeparateO) {
+    named_barrier_sync(epilogue_barrier<Traits>(warpgroup), 128);
+    cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free[qbuf]);
   }
 }
 

@@ -50,7 +50,7 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), Traits::kC
     prefetch_tma_descriptor(args.tma_o.get_tma_descriptor());
     for (int b = 0; b < Traits::kQBuffers; ++b) {
       Barrier::init(&smem.barrier_q[b], 1);
-      Barrier::init(&smem.barrier_q_free[b], Traits::kQFreeArrivals);
+      Barrier::init(&smem.barrier_q_free[b], Traits::kConsumerThreads);  // every consumer thread, past its last S
     }
   }
   typename Pipeline::Params pipe_params;
@@ -102,10 +102,14 @@ __global__ void __launch_bounds__(kernel_threads<Traits, Schedule>(), Traits::kC
     Tensor acc_o = partition_fragment_C(mma_pv, Shape<Int<Traits::kRowsPerWarpgroup>, Int<Traits::kHeadDim>>{});
     clear(acc_o);
     OnlineSoftmax<2> softmax(softmax_scale * float(M_LOG2E));
-    compute_tile<Traits, Schedule, Is_local, Is_softcap>(args, smem, pipeline_k, pipeline_v, state_k, state_v,
-                                                         warpgroup, thread, qbuf, row0, tile.blocks, keys, acc_o, softmax,
-                                                         released_v);
-    store_tile<Traits>(args, smem, warpgroup, thread, tile.head, tile.batch, row0, softmax_scale, acc_o, softmax);
+    const auto last = compute_tile<Traits, Schedule, Is_local, Is_softcap>(
+        args, smem, pipeline_k, pipeline_v, state_k, state_v, warpgroup, thread, qbuf, row0, tile.blocks, keys, acc_o,
+        softmax, released_v);
+    store_tile<Traits>(args, smem, warpgroup, thread, tile.head, tile.batch, row0, softmax_scale, acc_o, softmax,
+                       last.index(), [&] {
+                         pipeline_k.consumer_release(last);
+                         pipeline_v.consumer_release(last);
+                       });
   };
   if constexpr (kDynamic) {
     // Tiles from the counter: the producer posts each one's number with its Q.

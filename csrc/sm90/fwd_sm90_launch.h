@@ -62,7 +62,8 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
   // One CTA per SM (each takes a whole SM's shared memory; two for single-warpgroup tiles) walking
   // the tiles, so that the next tile's loads run under the current one's epilogue; see
   // TileScheduler for who takes which.
-  const int64_t tiles = int64_t((p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM) * p.heads_q * p.batch;
+  const int m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
+  const int64_t tiles = int64_t(m_blocks) * p.heads_q * p.batch;
   FA_REQUIRE(tiles < (int64_t(1) << 31), FA_ERR_UNSUPPORTED, "fa_fwd_sm90: more than 2^31 query tiles");
   int sms = 0;
   if (int status = multiprocessor_count(sms); status != FA_OK) return status;
@@ -70,11 +71,9 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
   int grid = int(tiles) < slots ? int(tiles) : slots;
   using Scheduler = TileScheduler<Traits, Schedule, Is_local>;
   if constexpr (Scheduler::kFolded) {
-    const int m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
     const int64_t units = int64_t(Scheduler::units_per_head(m_blocks)) * p.heads_q * p.batch;
     grid = int(units < slots ? units : slots);
   } else if constexpr (Is_local) {
-    const int m_blocks = (p.seqlen_q + Traits::kBlockM - 1) / Traits::kBlockM;
     if (int status = masked_grid_order<fa_fwd_sm90_kernel<Traits, Schedule, Is_local, Is_softcap>>(
             kernel_threads<Traits, Schedule>(), smem, m_blocks, p.heads_q * p.batch, args.order);
         status != FA_OK)

@@ -24,10 +24,13 @@ using namespace cute;
 
 // Named barriers (id 0 is __syncthreads): consumer warpgroup w waits on sched_barrier(w) before
 // issuing its products and then releases the next warpgroup's, in a ring; epilogue_barrier(w)
-// gathers one warpgroup before its output store.
+// gathers one warpgroup before its output store; products_done_barrier gathers every consumer
+// thread before an output is staged over K/V (Traits::kSeparateO).
 CUTE_DEVICE int sched_barrier(int warpgroup) { return 1 + warpgroup; }
 template <class Traits>
 CUTE_DEVICE int epilogue_barrier(int warpgroup) { return 1 + Traits::kConsumerWarpgroups + warpgroup; }
+template <class Traits>
+CUTE_DEVICE int products_done_barrier() { return 1 + 2 * Traits::kConsumerWarpgroups; }
 
 // A CTA's tile number `index` uses Q buffer index % kQBuffers, for that buffer's
 // (index / kQBuffers)-th time: the buffer and the parity of its barriers' phase.
@@ -171,10 +174,10 @@ struct TileScheduler {
 //
 // Tiles take the Q buffers (Traits::kQBuffers) in turn.  Q of a tile waits on its buffer's
 // barrier_q_free: every consumer thread is past the last S product of the tile that used it before
-// (kSeparateO), or every warpgroup's store has read the output staged over its part of Q.  With
-// one buffer that is the previous tile, so the first K/V stages are loaded before the wait, under
-// that tile's epilogue; with two it is the one before, long done, so Q goes first and lands a
-// whole tile ahead.  Every tile, empty or not, completes one phase of its buffer's barrier_q and
+// (the previous tile with one buffer, so Q loads under that tile's last P.V and epilogue; with two
+// the one before, long done, so Q lands a whole tile ahead), and goes before the tile's first K/V
+// stages, which may wait for the previous tile's output store (staged over its last stage where
+// the output has no buffer of its own).  Every tile, empty or not, completes one phase of its buffer's barrier_q and
 // one of its barrier_q_free, so producer and consumers never drift apart.  Under the dynamic
 // scheduler each phase of barrier_q also carries the tile's number (the buffer's smem.tile,
 // written before the arrival, whose release makes it visible), and one last phase with -1 ends
@@ -199,16 +202,11 @@ struct TileLoader {
   typename Traits::PipelineState state_k = cutlass::make_producer_start_state<Pipeline>();
   typename Traits::PipelineState state_v = cutlass::make_producer_start_state<Pipeline>();
 
-  // The start of tile t, number `index` of this CTA: the first K/V stages, then Q (kPost: with
-  // the tile's number for the consumers).  Returns the next key block still to load.
+  // The start of tile t, number `index` of this CTA: Q (kPost: with the tile's number for the
+  // consumers), then the first K/V stages.  Returns the next key block still to load.
   template <bool kPost, class Tile>
   CUTE_DEVICE int begin_tile(Tile const& tile, int index, int t) {
     int n = tile.blocks.max - 1;
-    // One Q buffer: the first K/V stages go first, under the previous tile's epilogue, while Q
-    // waits for it.  Two: the buffer is the one of two tiles back, long free.
-    if constexpr (Traits::kQBuffers == 1) {
-      for (; n >= max(tile.blocks.min, tile.blocks.max - Traits::kStages); --n) load_kv(tile, n);
-    }
     const int b = q_buffer<Traits>(index);
     wait_q_free(index);
     if constexpr (kPost) post_tile(b, t);
@@ -217,9 +215,7 @@ struct TileLoader {
     } else {
       load_q(tile, b);
     }
-    if constexpr (Traits::kQBuffers > 1) {
-      for (; n >= max(tile.blocks.min, tile.blocks.max - Traits::kStages); --n) load_kv(tile, n);
-    }
+    for (; n >= max(tile.blocks.min, tile.blocks.max - Traits::kStages); --n) load_kv(tile, n);
     return n;
   }
 
@@ -282,9 +278,11 @@ struct TileLoader {
 
 // Consumer: one warpgroup's 64 query rows against every key block.  Leaves the unnormalised
 // output in acc_o and the softmax statistics in softmax.  released_v(n) runs once V of block n is
-// no longer read by this warpgroup (the hook of the loads without warp specialisation).
+// no longer read by this warpgroup (the hook of the loads without warp specialisation).  Returns
+// the pipeline state (K's and V's alike) of the tile's last block, whose stage the warpgroup's
+// storing thread has not released where the output is staged over it (Traits::kSeparateO).
 template <class Traits, class Schedule, bool Is_local, bool Is_softcap, class AccO, class Softmax, class OnRelease>
-CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::SharedStorage& smem,
+CUTE_DEVICE typename Traits::PipelineState compute_tile(FwdArgs<Traits> const& args, typename Traits::SharedStorage& smem,
                               typename Traits::Pipeline& pipeline_k, typename Traits::Pipeline& pipeline_v,
                               typename Traits::PipelineState& state_k, typename Traits::PipelineState& state_v,
                               int warpgroup, int thread, int qbuf, int row0, BlockRange blocks,
@@ -360,18 +358,25 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
     const BlockRange clipped{max(rows.min, blocks.min), min(rows.max, blocks.max)};
     if (clipped.max > clipped.min) mine = clipped;
   }
-  auto skip_block = [&](bool last) {
+  // K or V of block n is no longer read by this warpgroup.  The stage of the tile's last block
+  // may hold the output (see above); its storing thread releases it once the store has read it.
+  const bool holds_last_stage = !Traits::kSeparateO && thread == 0;
+  typename Traits::PipelineState last_state;
+  auto release = [&](typename Traits::Pipeline& pipeline, typename Traits::PipelineState& state, int n) {
+    if (n == blocks.min) last_state = state;
+    if (!(holds_last_stage && n == blocks.min)) pipeline.consumer_release(state);
+    ++state;
+  };
+  auto skip_block = [&](int n, bool last) {
     pipeline_k.consumer_wait(state_k);
-    pipeline_k.consumer_release(state_k);
-    ++state_k;
+    release(pipeline_k, state_k, n);
     pipeline_v.consumer_wait(state_v);
-    pipeline_v.consumer_release(state_v);
-    ++state_v;
+    release(pipeline_v, state_v, n);
     sched_wait();
     sched_release(last);
   };
   if constexpr (kOwnRange) {
-    for (int skipped = blocks.max - mine.max; skipped > 0; --skipped) skip_block(false);
+    for (int n = blocks.max - 1; n >= mine.max; --n) skip_block(n, false);
   }
 
   // First block: S only.
@@ -382,8 +387,7 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
   wgmma<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
   sched_release(false);
   warpgroup_wait<0>();
-  pipeline_k.consumer_release(state_k);
-  ++state_k;
+  release(pipeline_k, state_k, n);
   {
     Tensor s = prepare_scores(acc_s, n);
     softmax.template step<true>(s);
@@ -399,16 +403,14 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
       wgmma<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
       sched_release(false);
       warpgroup_wait<0>();
-      pipeline_v.consumer_release(state_v);
-      ++state_v;
+      release(pipeline_v, state_v, n + 1);
       released_v(n + 1);
       pipeline_k.consumer_wait(state_k);
       sched_wait();
       wgmma<true, -1>(mma_qk, tSrQ, tSrK(_, _, _, state_k.index()), acc_s);
       sched_release(false);
       warpgroup_wait<0>();
-      pipeline_k.consumer_release(state_k);
-      ++state_k;
+      release(pipeline_k, state_k, n);
       Tensor s = prepare_scores(acc_s, n);
       softmax.template step<false>(s);
       softmax.rescale_output(acc_o_rc);
@@ -427,22 +429,20 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
       wgmma<false, -1>(mma_pv, tOrP, tOrV(_, _, _, state_v.index()), acc_o);
       sched_release(false);
       warpgroup_wait<1>();  // S is done; P.V may still run
-      pipeline_k.consumer_release(state_k);
-      ++state_k;
+      release(pipeline_k, state_k, n);
       Tensor s = prepare_scores(acc_s_next, n);
       softmax.template step<false>(s);
       warpgroup_wait<0>();  // P.V has read P: it may be overwritten
-      pipeline_v.consumer_release(state_v);
-      ++state_v;
+      release(pipeline_v, state_v, n + 1);
       released_v(n + 1);
       convert_into(acc_s_next, rP);
     }
     softmax.rescale_output(acc_o_rc);
   }
 
-  // Every S product of the tile has been waited for: with its own output buffer Q is free now,
-  // and the Q of the tile that takes this buffer next may load.
-  if constexpr (Traits::kSeparateO) cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free[qbuf]);
+  // Every S product of the tile has been waited for: Q is free now, and the Q of the tile that
+  // takes this buffer next may load.
+  cutlass::arch::ClusterBarrier::arrive(&smem.barrier_q_free[qbuf]);
 
   // Last block's P.V.
   pipeline_v.consumer_wait(state_v);
@@ -451,11 +451,11 @@ CUTE_DEVICE void compute_tile(FwdArgs<Traits> const& args, typename Traits::Shar
   const int skipped_after = mine.min - blocks.min;
   sched_release(skipped_after == 0);
   warpgroup_wait<0>();
-  pipeline_v.consumer_release(state_v);
-  ++state_v;
+  release(pipeline_v, state_v, mine.min);
   if constexpr (kOwnRange) {
-    for (int skipped = skipped_after; skipped > 0; --skipped) skip_block(skipped == 1);
+    for (int n = mine.min - 1; n >= blocks.min; --n) skip_block(n, n == blocks.min);
   }
+  return last_state;
 }
 
 }  // namespace fa::sm90

@@ -3,9 +3,8 @@
 //
 // One CTA owns a query tile of 64 rows per consumer warpgroup (two, or three for the small head
 // dims where the softmax weighs more against the products); each warpgroup has its own part of Q
-// in shared memory (so its output can be staged there while the others still read theirs, where
-// no separate output buffer fits), and all read the same K/V pipeline stages.  One more warpgroup
-// only issues TMA loads.
+// in shared memory, and all read the same K/V pipeline stages.  One more warpgroup only issues
+// TMA loads.
 #pragma once
 
 #include "sm90_utils.h"
@@ -81,7 +80,7 @@ struct FwdTraits {
   // V as (head dim, keys, stage): the same bytes, modes swapped.
   using SmemLayoutVt = decltype(composition(
       SmemLayoutKV{}, make_ordered_layout(Shape<Int<kHeadDim>, Int<kBlockN>, Int<kStages>>{}, Step<_2, _1, _3>{})));
-  using SmemLayoutO = SmemLayoutQ;  // a warpgroup's output, staged in its own buffer or over its part of Q
+  using SmemLayoutO = SmemLayoutQ;  // a warpgroup's output: its own buffer, or a K/V stage (kSeparateO)
 
   // Global tensors as TMA sees them: (seqlen, head dim, heads, batch).
   using ShapeQKV = Shape<int32_t, int32_t, int32_t, int32_t>;
@@ -102,7 +101,7 @@ struct FwdTraits {
 
   // kQ Q buffers (each with its barriers and tile number), used by tiles in turn.
   template <int kQ>
-  struct SharedStorageStagedOverQ {
+  struct SharedStorageNoO {
     cute::array_aligned<Element, cosize_v<SmemLayoutQ>, 1024> q[kQ * kConsumerWarpgroups];
     cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> k;
     cute::array_aligned<Element, cosize_v<SmemLayoutKV>, 1024> v;
@@ -113,23 +112,28 @@ struct FwdTraits {
     typename Pipeline::SharedStorage pipeline_v;
   };
   template <int kQ>
-  struct SharedStorageWithO : SharedStorageStagedOverQ<kQ> {
+  struct SharedStorageWithO : SharedStorageNoO<kQ> {
     cute::array_aligned<Element, cosize_v<SmemLayoutO>, 1024> o[kConsumerWarpgroups];
   };
-  // Where a buffer of its own for the output fits, Q is free as soon as a tile's last S product is
-  // done, so the next tile's Q loads under the last P.V and the epilogue instead of after the
-  // output store has read its staging (a wait per tile, which weighs most where tiles have few key
-  // blocks).  Otherwise (head dims 192 and 256, 176-key tiles) the output is staged over Q.
+  // Q is free as soon as a tile's last S product is done, so the next tile's Q loads under the
+  // last P.V and the epilogue.  The output is staged for its TMA store in a buffer of its own where
+  // one fits, whose store is waited for a tile later.  Otherwise (head dims 192 and 256, head dim
+  // 128's 176-key tiles) the first warpgroup stages it over the tile's last K stage and the second
+  // over its last V stage, once every warpgroup's products are done with them; the storing thread
+  // of each holds that stage (keeps back its pipeline release) until its store has read it.  (Before,
+  // the output was staged over Q, so a tile's Q loaded only after the previous tile's store: a
+  // wait per tile with the consumers idle.)
   // An SM's 228 KB less 1 KB the hardware reserves per CTA.
   static constexpr int kSmemLimit = (228 / kCtasPerSm - 1) * 1024;
   static constexpr bool kSeparateO = sizeof(SharedStorageWithO<1>) <= kSmemLimit;
+  static constexpr int kStageElems = kBlockN * kHeadDim;
+  static_assert(kSeparateO || (kConsumerWarpgroups == 2 && kBlockN >= kRowsPerWarpgroup &&
+                               cosize_v<SmemLayoutKV> == kStageElems * kStages && kStageElems * sizeof(Element) % 1024 == 0),
+                "an output staged over K/V needs a stage per warpgroup (K, V), each as large and 1 KB aligned");
   // With room for a second Q buffer the next tile's Q loads a whole tile ahead instead of under
   // this tile's last P.V, which short tiles otherwise wait for.
   static constexpr int kQBuffers = kSeparateO && sizeof(SharedStorageWithO<2>) <= kSmemLimit ? 2 : 1;
-  using SharedStorage = std::conditional_t<kSeparateO, SharedStorageWithO<kQBuffers>, SharedStorageStagedOverQ<1>>;
-  // Arrivals that free Q: every consumer thread after its last S product, or each warpgroup's
-  // storing thread once the store has read the output staged over Q.
-  static constexpr int kQFreeArrivals = kSeparateO ? kConsumerThreads : kConsumerWarpgroups;
+  using SharedStorage = std::conditional_t<kSeparateO, SharedStorageWithO<kQBuffers>, SharedStorageNoO<1>>;
   static constexpr int kSmemBytes = int(sizeof(SharedStorage));
   static_assert(kSmemBytes <= kSmemLimit, "tile does not fit in its share of an SM90 SM's shared memory");
 };

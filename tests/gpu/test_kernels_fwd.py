@@ -370,3 +370,16 @@ def test_head_dim_256_tile_shape_switch(backend, Sk):
     80-key tiles beyond."""
     check_case(backend, 1, 2, 1, 300, Sk, 256)
     check_case(backend, 2, 3, 3, 257, Sk, 256, causal=True, bottom_right=True, softcap=20.0)
+
+
+@pytest.mark.parametrize("D,Sq,Sk,causal", [
+    (128, 500, 8300, False), (192, 500, 700, False), (192, 900, 600, True), (256, 500, 700, False),
+    (256, 900, 600, True), (256, 1900, 1500, True)])
+def test_outputs_staged_over_the_last_key_block(backend, D, Sq, Sk, causal):
+    """Where the SM90 forward's output has no shared-memory buffer of its own (head dims 192 and
+    256, head dim 128's 176-key tiles), the first warpgroup stages it over the tile's last K stage
+    and the second over its last V stage, which go back to the producer only once the store has
+    read them, while the next tile's Q already loads.  More tiles than CTAs (the next tile's loads
+    wait for those stores), and with Sq > Sk bottom-right the first tiles of every head see no key
+    (their zeros staged over Q): every row must get its own output."""
+    check_case(backend, 2, 40, 8, Sq, Sk, D, causal=causal, bottom_right=causal)
