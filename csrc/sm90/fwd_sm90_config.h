@@ -21,7 +21,10 @@ namespace fa::sm90 {
 // 2k; without a mask, against the 192-row tiles, 1.04x at 512 but 0.99x at 1k and 0.89x at 2k.
 // Their shared memory leaves room for a third K/V stage (1.03x at causal 512, level elsewhere,
 // ab_h100_sm90_fwd_d64_1wg_stages3.json), but with it the masked instances' consumers spill 16
-// bytes at the 216 registers the dynamic scheduler leaves them: two stages.
+// bytes at the 216 registers the dynamic scheduler leaves them: two stages.  With a mask and up to
+// 512 keys (ShortestTraits) the key tiles are 64 wide, which wastes half as much on the diagonal
+// and leaves registers for four stages: against the 128-key tiles (same lease, main kernel,
+// causal, ab_h100_sm90_fwd_d64_n64.json) 1.03x at 512 keys but 0.97x at 1k and 0.92x at 2k.
 // (The 128-row masked tiles had replaced the 192-row ones up to 2k: 5-8% faster at 512-1k and,
 // taken from the dynamic scheduler, 4.7% at 2k, ab_h100_sm90_d64_short_tiles_dynamic.json.)
 // Head dim 128 without a mask: 128-key tiles up to 8k keys (H100, 16k tokens: 5% faster at 512,
@@ -39,6 +42,8 @@ template <typename E, bool L> struct FwdConfig<64, E, L> {
   using Traits = FwdTraits<64, 128, 2, E, 3>;
   using ShortTraits = FwdTraits<64, 128, 2, E, 1>;
   static constexpr int kShortSeqlenK = L ? 2048 : 512;
+  using ShortestTraits = std::conditional_t<L, FwdTraits<64, 64, 4, E, 1>, ShortTraits>;
+  static constexpr int kShortestSeqlenK = 512;
 };
 template <typename E, bool L> struct FwdConfig<96, E, L> { using Traits = FwdTraits<96, 128, 2, E>; };
 template <typename E, bool L> struct FwdConfig<128, E, L> {
@@ -53,10 +58,15 @@ template <typename E, bool L> struct FwdConfig<256, E, L> {
   static constexpr int kShortSeqlenK = L ? 1024 : 512;
 };
 
-// The tile shape for a call: ShortTraits where the config has them and the keys are few.
+// The tile shape for a call: ShortestTraits, else ShortTraits, where the config has them and the
+// keys are that few.
 template <class Config, class = void>
 struct HasShortTraits : std::false_type {};
 template <class Config>
 struct HasShortTraits<Config, std::void_t<typename Config::ShortTraits>> : std::true_type {};
+template <class Config, class = void>
+struct HasShortestTraits : std::false_type {};
+template <class Config>
+struct HasShortestTraits<Config, std::void_t<typename Config::ShortestTraits>> : std::true_type {};
 
 }  // namespace fa::sm90

@@ -96,6 +96,12 @@ int run_fwd(const FaFwdParams& params, cudaStream_t stream) {
     using Config = FwdConfig<kHeadDim, Element, Is_local>;
     using Traits = typename Config::Traits;
     return FA_BOOL_SWITCH(softcap, Is_softcap, [&] {
+      if constexpr (HasShortestTraits<Config>::value) {
+        using Shortest = typename Config::ShortestTraits;
+        if (params.seqlen_k <= Config::kShortestSeqlenK && !std::is_same_v<Shortest, typename Config::ShortTraits>) {
+          return launch<Shortest, Schedule, Is_local, Is_softcap>(params, stream);
+        }
+      }
       if constexpr (HasShortTraits<Config>::value) {
         if (params.seqlen_k <= Config::kShortSeqlenK && !std::is_same_v<typename Config::ShortTraits, Traits>) {
           return launch<typename Config::ShortTraits, Schedule, Is_local, Is_softcap>(params, stream);

@@ -232,15 +232,17 @@ def test_under_compute_sanitizer(backend, tmp_path, tool_name):
         from fa_inductor import kernels
         b = kernels.get_backend(torch.device("cuda"))
         assert b is not None, kernels.unavailable_reason("cuda")
-        # On SM90: single-warpgroup tiles (two CTAs per SM) for the short ones, 192-row tiles for
-        # the third.
-        for causal, Sq, Sk in ((False, 70, 130), (True, 130, 70), (False, 70, 600)):
-            q = torch.randn(1, Sq, 2, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-            k = torch.randn(1, Sk, 1, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-            v = torch.randn(1, Sk, 1, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
-            out = torch.empty(1, Sq, 2, 64, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+        # On SM90, head dim 64: single-warpgroup tiles (two CTAs per SM) for the short ones,
+        # 192-row tiles for the third; head dim 256 stages its output over K/V, and its causal
+        # case has a tile that sees no key (its zeros staged over Q).
+        for D, causal, Sq, Sk in ((64, False, 70, 130), (64, True, 130, 70), (64, False, 70, 600),
+                                  (256, False, 200, 300), (256, True, 300, 70)):
+            q = torch.randn(1, Sq, 2, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            k = torch.randn(1, Sk, 1, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            v = torch.randn(1, Sk, 1, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
+            out = torch.empty(1, Sq, 2, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)
             lse = torch.empty(1, 2, Sq, device="cuda")
-            b.forward(q, k, v, 0.125, causal, True, -1, -1, 0.0, out, lse, family=FAMILY)
+            b.forward(q, k, v, D ** -0.5, causal, True, -1, -1, 0.0, out, lse, family=FAMILY)
         torch.cuda.synchronize()
         print("SANITIZED_OK")
     """))
@@ -298,10 +300,10 @@ def test_masked_launches_reuse_their_tile_counters(backend):
             assert torch.equal(out, first) and torch.equal(lse, first_lse), f"launch {i + 2} differs"
 
 
-@pytest.mark.parametrize("Sk", [2048, 2049, 4097])
+@pytest.mark.parametrize("Sk", [511, 512, 513, 2048, 2049, 4097])
 def test_head_dim_64_tile_shape_switch_with_a_mask(backend, Sk):
-    """With a mask, head dim 64 runs 64-row tiles (two CTAs per SM) up to 2048 keys and 192-row
-    tiles beyond."""
+    """With a mask, head dim 64 runs 64-row tiles (two CTAs per SM) up to 2048 keys, 64 keys
+    wide with four stages up to 512 keys and 128 wide beyond, and 192-row tiles beyond 2048."""
     check_case(backend, 1, 2, 1, 700, Sk, 64, causal=True, bottom_right=True)
     check_case(backend, 1, 2, 2, 300, Sk, 64, wl=1000, wr=0, bottom_right=True)
 
