@@ -1,14 +1,18 @@
 """What a backward timed just before does to a forward's timing (issue 4's SM80 point: head dim 128,
 non-causal, seqlen 512, batch 32, 16 heads, bf16, inputs that require grad).  In the grid our
 forward times 4-8% slower at that point when the backward is timed beside it; this separates the
-candidates.  Each target forward (ours, SDPA's flash) is timed with triton's do_bench (L2 flushed
-before each call, the grid's timer) right after one of these preludes, about 150 ms each:
+candidates.  The targets are the grid's own implementations (attnbench.impls: "fa", ours, and
+"sdpa-flash", SDPA's flash), each set up and timed as the grid times its forward: Impl.forward
+with the Impl's context (the forced SDPA backend) entered around triton's do_bench (L2 flushed
+before each call, the grid's timer).  Each target forward is timed right after one of these
+preludes, about 150 ms each:
 
     fwd        the same forward (the steady state)
     ours_bwd   our backward, graph retained, as the grid times it
     ours_bwd_freed   the same, then the graph dropped and the caching allocator emptied
-    flash_bwd  SDPA flash's backward
-    gemm       bf16 GEMMs (the GPU under load, no attention memory in the allocator)
+    flash_bwd  SDPA flash's backward, as the grid times it
+    gemm       bf16 GEMMs, the grid's spin-up (attnbench.timing.spin_up_gpu: the GPU under load,
+               no attention memory in the allocator)
     idle       0.3 s of sleep
 
 Four rounds, preludes in rotated order; medians per (target, prelude) over all repetitions.
@@ -22,25 +26,15 @@ import statistics
 import time
 
 import torch
-import torch.nn.functional as F
-from torch.nn.attention import SDPBackend, sdpa_kernel
+from attnbench.impls import make_impl
+from attnbench.tables import OURS
+from attnbench.timing import spin_up_gpu
 from triton.testing import do_bench
 
-import fa_inductor.ops  # noqa: F401  registers torch.ops.fa
 from fa_inductor import kernels
 
 B, H, S, D = 32, 16, 512, 128
 PRELUDE_S = 0.15
-
-
-def ours(q, k, v):
-    out, _lse = torch.ops.fa.attention_forward(q, k, v, None, D ** -0.5, False, False, -1, -1, 0.0, 0.0, None)
-    return out
-
-
-def flash(q, k, v):
-    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):
-        return F.scaled_dot_product_attention(q, k, v)
 
 
 def for_a_while(fn, seconds=PRELUDE_S):
@@ -55,29 +49,44 @@ def main() -> int:
     q, k, v = (torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
                for _ in range(3))
     grad = torch.randn(B, H, S, D, device="cuda", dtype=torch.bfloat16)
-    a = torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16)
     b = kernels.get_backend(torch.device("cuda"))
     print(f"device: {torch.cuda.get_device_name()}; forward family: {b.forward_name}; "
           f"backward family: {b.backward_name}")
 
+    # The grid's Impl objects, not copies of their calls, so a change to how the grid calls an
+    # implementation (scale, op arguments, backend forcing) reaches this probe too.
+    impls = {"ours": make_impl(OURS), "flash": make_impl("sdpa-flash")}
+    for impl in impls.values():
+        impl.setup(q, k, v, causal=False)
+
     held = {}
 
-    def backward_of(fwd):
-        out = fwd(q, k, v)
-        held["out"] = out
-        return lambda: torch.autograd.grad(out, (q, k, v), grad, retain_graph=True)
+    def forward_of(impl):
+        return lambda: impl.forward(q, k, v)
 
-    def ours_bwd_freed():
-        for_a_while(backward_of(ours))
-        held.clear()
-        torch.cuda.empty_cache()
+    def backward_of(impl):
+        # The grid's retained-graph backward (runner.Runner._backward): one forward outside the
+        # loop, then autograd.grad over its graph again and again.
+        held["out"] = impl.forward(q, k, v)
+        return lambda: torch.autograd.grad(held["out"], (q, k, v), grad, retain_graph=True)
 
-    targets = {"ours": lambda: ours(q, k, v), "flash": lambda: flash(q, k, v)}
+    def backward_prelude(impl, free=False):
+        def prelude():
+            # Only the prelude's own Impl context: the target's forced SDPA backend must not
+            # steer our op's dispatch (or the other way round).
+            with impl.context():
+                for_a_while(backward_of(impl))
+            if free:
+                held.clear()
+                torch.cuda.empty_cache()
+        return prelude
+
+    targets = {t: forward_of(impl) for t, impl in impls.items()}
     preludes = {
-        "ours_bwd": lambda: for_a_while(backward_of(ours)),
-        "ours_bwd_freed": ours_bwd_freed,
-        "flash_bwd": lambda: for_a_while(backward_of(flash)),
-        "gemm": lambda: for_a_while(lambda: a @ a),
+        "ours_bwd": backward_prelude(impls["ours"]),
+        "ours_bwd_freed": backward_prelude(impls["ours"], free=True),
+        "flash_bwd": backward_prelude(impls["flash"]),
+        "gemm": lambda: spin_up_gpu(PRELUDE_S),
         "idle": lambda: time.sleep(0.3),
     }
     samples = {(t, p): [] for t in targets for p in ["fwd", *preludes]}
@@ -85,10 +94,13 @@ def main() -> int:
         names = list(preludes)[r:] + list(preludes)[:r]
         for t, fwd in targets.items():
             for p in names:
-                for_a_while(fwd)
-                samples[(t, "fwd")] += do_bench(fwd, warmup=0, rep=30, return_mode="all")
+                # The context around the timer, not inside the timed call, as the grid has it.
+                with impls[t].context():
+                    for_a_while(fwd)
+                    samples[(t, "fwd")] += do_bench(fwd, warmup=0, rep=30, return_mode="all")
                 preludes[p]()
-                samples[(t, p)] += do_bench(fwd, warmup=0, rep=30, return_mode="all")
+                with impls[t].context():
+                    samples[(t, p)] += do_bench(fwd, warmup=0, rep=30, return_mode="all")
                 held.clear()
     print(f"{'target':>6} {'after':>15} {'n':>5} {'p20 ms':>8} {'median':>8} {'p80 ms':>8}  vs steady")
     for t in targets:

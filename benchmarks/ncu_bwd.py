@@ -11,16 +11,16 @@ call under an NVTX range named after it (ncu --nvtx-include selects one side).
 import torch
 from torch.nn.attention import sdpa_kernel
 
-from ncu_inputs import HEADS, PEERS, make_inputs, parse_args, peers
+from ncu_inputs import PEERS, make_inputs, parse_args, peers
 
 
 def main() -> None:
     args = parse_args(__doc__.split("\n\n")[0])
     inp = make_inputs(args, 4)
-    backend, B, S, D, scale = inp.backend, inp.B, inp.S, inp.D, inp.scale
+    backend, B, H, S, D, scale = inp.backend, inp.B, inp.H, inp.S, inp.D, inp.scale
     q, k, v, do = inp.tensors
     out = torch.empty_like(q)
-    lse = torch.empty(B, HEADS, S, device="cuda")
+    lse = torch.empty(B, H, S, device="cuda")
     backend.forward(q, k, v, scale, args.causal, False, -1, -1, 0.0, out, lse)
     family = args.family or backend.backward_family(q, v)
     grads = [torch.empty_like(t) for t in (q, k, v)]
@@ -37,7 +37,7 @@ def main() -> None:
                 torch.autograd.grad(o, (qq, kk, vv), do, retain_graph=True)
     torch.cuda.synchronize()
     print(f"backward: ours ({family}) and SDPA {args.peers or '(none)'} on {torch.cuda.get_device_name()}: "
-          f"B={B} H={HEADS} S={S} D={D} causal={args.causal}")
+          f"B={B} H={H} S={S} D={D} causal={args.causal}")
 
 
 if __name__ == "__main__":

@@ -11,16 +11,16 @@ named after it.
 import torch
 from torch.nn.attention import sdpa_kernel
 
-from ncu_inputs import HEADS, PEERS, make_inputs, parse_args, peers
+from ncu_inputs import PEERS, make_inputs, parse_args, peers
 
 
 def main() -> None:
     args = parse_args(__doc__.split("\n\n")[0])
     inp = make_inputs(args, 3)
-    backend, B, S, D, scale = inp.backend, inp.B, inp.S, inp.D, inp.scale
+    backend, B, H, S, D, scale = inp.backend, inp.B, inp.H, inp.S, inp.D, inp.scale
     q, k, v = inp.tensors
     out = torch.empty_like(q)
-    lse = torch.empty(B, HEADS, S, device="cuda")
+    lse = torch.empty(B, H, S, device="cuda")
     family = args.family or backend.forward_name
     for _ in range(2):  # warm-up, then the profiled call
         with torch.cuda.nvtx.range(f"ours_{family}"):
@@ -31,7 +31,7 @@ def main() -> None:
                 torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=args.causal, scale=scale)
     torch.cuda.synchronize()
     print(f"forward: ours ({family}) and SDPA {args.peers or '(none)'} on {torch.cuda.get_device_name()}: "
-          f"B={B} H={HEADS} S={S} D={D} causal={args.causal}")
+          f"B={B} H={H} S={S} D={D} causal={args.causal}")
 
 
 if __name__ == "__main__":

@@ -7,13 +7,24 @@
 // mask narrower ones waste less on the diagonal.
 #pragma once
 
+#include <climits>
 #include <type_traits>
 
 #include "fwd_sm90_traits.h"
 
 namespace fa::sm90 {
 
-// ShortTraits replace Traits up to kShortSeqlenK keys.  Head dim 64: with few keys the 192-row
+// A tile shape and the most keys it is taken for; a config's Tiers are tried in order (the last
+// one serves any length).
+template <class Traits_, int kMaxSeqlenK_ = INT_MAX>
+struct Tier {
+  using Traits = Traits_;
+  static constexpr int kMaxSeqlenK = kMaxSeqlenK_;
+};
+template <class... T>
+struct Tiers {};
+
+// ShortTraits replace Traits up to the bound of their tier.  Head dim 64: with few keys the 192-row
 // tiles spend much of their work on the diagonal or on per-tile costs; single-warpgroup tiles of 64
 // rows, two CTAs per SM, hide one CTA's tile start and end under the other's products.  Against
 // the 128-row masked tiles before them (same-lease A/B, H100, 16k tokens, main kernel,
@@ -41,32 +52,27 @@ template <int kHeadDim, typename Element, bool Is_local> struct FwdConfig;
 template <typename E, bool L> struct FwdConfig<64, E, L> {
   using Traits = FwdTraits<64, 128, 2, E, 3>;
   using ShortTraits = FwdTraits<64, 128, 2, E, 1>;
-  static constexpr int kShortSeqlenK = L ? 2048 : 512;
-  using ShortestTraits = std::conditional_t<L, FwdTraits<64, 64, 4, E, 1>, ShortTraits>;
-  static constexpr int kShortestSeqlenK = 512;
+  using ShortestTraits = FwdTraits<64, 64, 4, E, 1>;
+  using Tiers = std::conditional_t<L, sm90::Tiers<Tier<ShortestTraits, 512>, Tier<ShortTraits, 2048>, Tier<Traits>>,
+                                   sm90::Tiers<Tier<ShortTraits, 512>, Tier<Traits>>>;
 };
-template <typename E, bool L> struct FwdConfig<96, E, L> { using Traits = FwdTraits<96, 128, 2, E>; };
+template <typename E, bool L> struct FwdConfig<96, E, L> {
+  using Traits = FwdTraits<96, 128, 2, E>;
+  using Tiers = sm90::Tiers<Tier<Traits>>;
+};
 template <typename E, bool L> struct FwdConfig<128, E, L> {
   using Traits = FwdTraits<128, L ? 128 : 176, 2, E>;
   using ShortTraits = std::conditional_t<L, FwdTraits<128, 64, 2, E, 1>, FwdTraits<128, 128, 2, E>>;
-  static constexpr int kShortSeqlenK = L ? 512 : 8192;
+  using Tiers = sm90::Tiers<Tier<ShortTraits, L ? 512 : 8192>, Tier<Traits>>;
 };
-template <typename E, bool L> struct FwdConfig<192, E, L> { using Traits = FwdTraits<192, 96, 2, E>; };
+template <typename E, bool L> struct FwdConfig<192, E, L> {
+  using Traits = FwdTraits<192, 96, 2, E>;
+  using Tiers = sm90::Tiers<Tier<Traits>>;
+};
 template <typename E, bool L> struct FwdConfig<256, E, L> {
   using Traits = FwdTraits<256, 80, 2, E>;
   using ShortTraits = FwdTraits<256, 64, 2, E>;
-  static constexpr int kShortSeqlenK = L ? 1024 : 512;
+  using Tiers = sm90::Tiers<Tier<ShortTraits, L ? 1024 : 512>, Tier<Traits>>;
 };
-
-// The tile shape for a call: ShortestTraits, else ShortTraits, where the config has them and the
-// keys are that few.
-template <class Config, class = void>
-struct HasShortTraits : std::false_type {};
-template <class Config>
-struct HasShortTraits<Config, std::void_t<typename Config::ShortTraits>> : std::true_type {};
-template <class Config, class = void>
-struct HasShortestTraits : std::false_type {};
-template <class Config>
-struct HasShortestTraits<Config, std::void_t<typename Config::ShortestTraits>> : std::true_type {};
 
 }  // namespace fa::sm90

@@ -88,26 +88,25 @@ int launch(const FaFwdParams& p, cudaStream_t stream) {
   return check_launch("fa_fwd_sm90 launch");
 }
 
+// The first of the tiers whose bound the keys are within.
+template <class Schedule, bool Is_local, bool Is_softcap, class First, class... Rest>
+int launch_tier(const FaFwdParams& params, cudaStream_t stream, Tiers<First, Rest...>) {
+  if constexpr (sizeof...(Rest) > 0) {
+    if (params.seqlen_k > First::kMaxSeqlenK) {
+      return launch_tier<Schedule, Is_local, Is_softcap>(params, stream, Tiers<Rest...>{});
+    }
+  }
+  return launch<typename First::Traits, Schedule, Is_local, Is_softcap>(params, stream);
+}
+
 template <int kHeadDim, typename Element, class Schedule = FullSchedule>
 int run_fwd(const FaFwdParams& params, cudaStream_t stream) {
   const bool local = params.window_left >= 0 || params.window_right >= 0;
   const bool softcap = params.softcap > 0.f;
   return FA_BOOL_SWITCH(local, Is_local, [&] {
-    using Config = FwdConfig<kHeadDim, Element, Is_local>;
-    using Traits = typename Config::Traits;
     return FA_BOOL_SWITCH(softcap, Is_softcap, [&] {
-      if constexpr (HasShortestTraits<Config>::value) {
-        using Shortest = typename Config::ShortestTraits;
-        if (params.seqlen_k <= Config::kShortestSeqlenK && !std::is_same_v<Shortest, typename Config::ShortTraits>) {
-          return launch<Shortest, Schedule, Is_local, Is_softcap>(params, stream);
-        }
-      }
-      if constexpr (HasShortTraits<Config>::value) {
-        if (params.seqlen_k <= Config::kShortSeqlenK && !std::is_same_v<typename Config::ShortTraits, Traits>) {
-          return launch<typename Config::ShortTraits, Schedule, Is_local, Is_softcap>(params, stream);
-        }
-      }
-      return launch<Traits, Schedule, Is_local, Is_softcap>(params, stream);
+      return launch_tier<Schedule, Is_local, Is_softcap>(params, stream,
+                                                         typename FwdConfig<kHeadDim, Element, Is_local>::Tiers{});
     });
   });
 }

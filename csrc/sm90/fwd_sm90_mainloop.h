@@ -177,11 +177,11 @@ struct TileScheduler {
 // (the previous tile with one buffer, so Q loads under that tile's last P.V and epilogue; with two
 // the one before, long done, so Q lands a whole tile ahead), and goes before the tile's first K/V
 // stages, which may wait for the previous tile's output store (staged over its last stage where
-// the output has no buffer of its own).  Every tile, empty or not, completes one phase of its buffer's barrier_q and
-// one of its barrier_q_free, so producer and consumers never drift apart.  Under the dynamic
-// scheduler each phase of barrier_q also carries the tile's number (the buffer's smem.tile,
-// written before the arrival, whose release makes it visible), and one last phase with -1 ends
-// the consumers' loop.
+// the output has no buffer of its own).  Every tile, empty or not, completes one phase of its
+// buffer's barrier_q and one of its barrier_q_free, so producer and consumers never drift apart.
+// Under the dynamic scheduler each phase of barrier_q also carries the tile's number (the
+// buffer's smem.tile, written before the arrival, whose release makes it visible), and one last
+// phase with -1 ends the consumers' loop.
 template <class Traits, class Schedule>
 struct TileLoader {
   using Pipeline = typename Traits::Pipeline;
@@ -363,7 +363,7 @@ CUTE_DEVICE typename Traits::PipelineState compute_tile(FwdArgs<Traits> const& a
   const bool holds_last_stage = !Traits::kSeparateO && thread == 0;
   typename Traits::PipelineState last_state;
   auto release = [&](typename Traits::Pipeline& pipeline, typename Traits::PipelineState& state, int n) {
-    if (n == blocks.min) last_state = state;
+    if (n == blocks.min && &state == &state_k) last_state = state;  // V's state is the same
     if (!(holds_last_stage && n == blocks.min)) pipeline.consumer_release(state);
     ++state;
   };
