@@ -312,9 +312,9 @@ class KernelBackend:
                           window_left, window_right, softcap, dq, dk, dv, deterministic: bool):
         """As ``forward_launcher``, for the backward (``backward.backward_launcher``)."""
         bwd = _backward_module()
-        family = self.backward_family(q, v, deterministic)
-        if bwd is None or (family == "sm90" and not self.lib.has("fa_bwd_sm90")):
+        if bwd is None:
             return None
+        family = self.backward_family(q, v, deterministic)  # sm90 only where the library has it
         return bwd.backward_launcher(self.lib, grad_out, q, k, v, out, lse, scale, causal,
                                      bottom_right, window_left, window_right, softcap, dq, dk,
                                      dv, deterministic, family)
