@@ -1,6 +1,7 @@
 """What ncu_fwd.py and ncu_bwd.py share: their command line, our kernel backend and the inputs
 (bf16, 16 heads unless --heads says otherwise, 16k tokens: batch = 16384 / seqlen, q/k/v as
-[B, S, H, D] projections viewed as [B, H, S, D]), and the SDPA backends a profile can hold beside ours."""
+[B, S, H, D] projections viewed as [B, H, S, D]), and the SDPA backends a profile can hold beside
+ours."""
 
 import argparse
 from dataclasses import dataclass
