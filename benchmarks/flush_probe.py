@@ -75,7 +75,7 @@ def clock_and_power() -> str:
 
 
 def energy_per_call(prelude, fn, seconds: float) -> str:
-    """' J/call': the board's energy over ``seconds`` of prelude-and-call, per call."""
+    """' N mJ/call': the board's energy over ``seconds`` of prelude-and-call, per call."""
     try:
         import pynvml
 
@@ -126,6 +126,7 @@ def main() -> None:
         b, h = TOKENS // s, HIDDEN // d
         q, k, v = (make_input(b, h, s, d, args.layout, args.grad) for _ in range(3))
         impls = {"ours": make_impl(OURS), "cudnn": make_impl("sdpa-cudnn")}
+        calls = {n: functools.partial(impl.forward, q, k, v) for n, impl in impls.items()}
         for impl in impls.values():
             impl.setup(q, k, v, causal)
             with impl.context(), grad_ctx():
@@ -139,13 +140,13 @@ def main() -> None:
             for i, n in enumerate(order):
                 if args.blocked and args.warmup_ms > 0 and (i == 0 or order[i - 1] != n):
                     with impls[n].context(), grad_ctx():
-                        back_to_back(functools.partial(impls[n].forward, q, k, v), args.warmup_ms)
+                        back_to_back(calls[n], args.warmup_ms)
                 with impls[n].context(), grad_ctx():
                     start = torch.cuda.Event(enable_timing=True)
                     end = torch.cuda.Event(enable_timing=True)
                     prelude()
                     start.record()
-                    impls[n].forward(q, k, v)
+                    calls[n]()
                     end.record()
                 times[n].append((start, end))
                 if args.blocked and (i + 1 == len(order) or order[i + 1] != n):
@@ -153,8 +154,7 @@ def main() -> None:
                     state[n] = clock_and_power()
                     if args.energy_s > 0:
                         with impls[n].context(), grad_ctx():
-                            state[n] += energy_per_call(prelude, functools.partial(impls[n].forward, q, k, v),
-                                                        args.energy_s)
+                            state[n] += energy_per_call(prelude, calls[n], args.energy_s)
             torch.cuda.synchronize()
             med = {n: statistics.median(a.elapsed_time(e) * 1e3 for a, e in pairs)
                    for n, pairs in times.items()}
